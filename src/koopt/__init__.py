@@ -1,0 +1,11 @@
+"""koopt: Koopman operator theory for cheaper neural-network training.
+
+Implements Dogra & Redman, "Optimizing Neural Networks via Koopman Operator Theory"
+(NeurIPS 2020), and what later work showed is needed around it.
+"""
+
+from koopt.core import DivergentPredictionError, DMDModel, fit_dmd, fit_operators
+
+__version__ = "0.1.0"
+
+__all__ = ["DMDModel", "DivergentPredictionError", "__version__", "fit_dmd", "fit_operators"]

@@ -1,0 +1,100 @@
+"""Many small Koopman operators fitted in one batched call: the seed paper's formula.
+
+Dogra & Redman (NeurIPS 2020) fit one operator per group of weights (a single weight, a
+quasi-node, a node) by least squares, U = F' pinv(F), with F = [w_t1 ... w_(t2-1)] and
+F' = [w_(t1+1) ... w_t2], and jump with the matrix power: w(t2 + T) = U^T w(t2). Here all
+groups of one size are solved at once as a batch of small float64 problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from koopt.core.errors import DivergentPredictionError
+from koopt.core.spectrum import spectral_radius, stabilized, validate_stabilize
+
+#: Above this many multiply-adds the pseudo-inverse goes through the smaller Gram matrix
+#: instead of a batched SVD of the (n, T-1) snapshot blocks.
+SVD_BUDGET = 2e8
+
+
+def _batched_pinv(F: torch.Tensor) -> torch.Tensor:
+    """pinv of each (n, m) block: SVD when cheap, else through the smaller Gram matrix."""
+    G, n, m = F.shape
+    if G * n * m * min(n, m) <= SVD_BUDGET:
+        return torch.linalg.pinv(F)
+    if n <= m:
+        gram = F @ F.transpose(1, 2)
+        return F.transpose(1, 2) @ torch.linalg.pinv(gram, hermitian=True)
+    gram = F.transpose(1, 2) @ F
+    return torch.linalg.pinv(gram, hermitian=True) @ F.transpose(1, 2)
+
+
+class BatchedOperators:
+    """G fitted operators of size n (n + 1 with the affine term), float64."""
+
+    def __init__(self, operators: torch.Tensor, last: torch.Tensor, affine: bool, dtype):
+        self.operators = operators
+        self.affine = affine
+        self._last = last
+        self._dtype = dtype
+        self.eigenvalues = torch.linalg.eigvals(operators)
+        if affine:  # the constant coordinate's eigenvalue 1 is bookkeeping, not dynamics
+            self.eigenvalues = torch.linalg.eigvals(operators[:, :-1, :-1])
+
+    @property
+    def spectral_radius(self) -> float:
+        return spectral_radius(self.eigenvalues)
+
+    def predict(self, h: int | Sequence[int]) -> torch.Tensor:
+        """(G, n) states h steps after the last snapshot, or (len(h), G, n) for a sequence."""
+        single = isinstance(h, int)
+        horizons = [h] if single else [int(x) for x in h]
+        if any(x < 0 for x in horizons):
+            raise ValueError(f"horizons must be non-negative integers, got {horizons}")
+        limit = torch.finfo(self._dtype).max if self._dtype.is_floating_point else 1.8e308
+        outs = []
+        for x in horizons:
+            state = torch.linalg.matrix_power(self.operators, x) @ self._last.unsqueeze(-1)
+            state = state.squeeze(-1)
+            if self.affine:
+                state = state[:, :-1]
+            if not bool(torch.isfinite(state).all()) or float(state.abs().max()) >= limit:
+                raise DivergentPredictionError(
+                    f"predicting {x} steps ahead would overflow: operators have growing modes "
+                    f"(spectral radius {self.spectral_radius:.6g}); fit with stabilize='clip' "
+                    "or predict a shorter horizon"
+                )
+            outs.append(state.to(self._dtype))
+        return outs[0] if single else torch.stack(outs)
+
+
+def fit_operators(
+    F: torch.Tensor, *, affine: bool = False, stabilize: str = "none"
+) -> BatchedOperators:
+    """Fit U = F' pinv(F) for each of G systems; F has shape (G, n, T), T >= 2 snapshots."""
+    if F.ndim != 3:
+        raise ValueError(f"F must have shape (groups, n, T); got {tuple(F.shape)}")
+    if F.shape[-1] < 2:
+        raise ValueError(f"at least 2 snapshots are needed; got {F.shape[-1]}")
+    validate_stabilize(stabilize)
+    data = F.detach().to(torch.float64)
+    finite = torch.isfinite(data).all(dim=(0, 1))
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()[:5]
+        raise ValueError(f"snapshot(s) {bad} contain non-finite values (NaN or Inf)")
+    if affine:
+        ones = data.new_ones(data.shape[0], 1, data.shape[2])
+        data = torch.cat([data, ones], dim=1)
+    X, Y = data[..., :-1], data[..., 1:]
+    U = Y @ _batched_pinv(X)
+    if affine:  # the constant coordinate stays exactly 1
+        U[:, -1, :] = 0.0
+        U[:, -1, -1] = 1.0
+        U[:, :-1, :-1] = stabilized(U[:, :-1, :-1].contiguous(), stabilize)
+    else:
+        U = stabilized(U, stabilize)
+    out_dtype = F.dtype if F.dtype.is_floating_point else torch.float64
+    return BatchedOperators(U, data[..., -1], affine, out_dtype)

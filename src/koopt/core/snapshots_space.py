@@ -1,0 +1,140 @@
+"""The method of snapshots: an exact, isometric compression of a tall snapshot matrix.
+
+For a (D, T) snapshot matrix with D >> T, every DMD quantity (SVD, least squares, powers of
+the fitted operator) lives in the span of the snapshots. We pick an orthonormal basis E of that
+span from the T x T Gram matrix alone (Sirovich 1987; Tu et al. 2014, "On dynamic mode
+decomposition: theory and applications"), so the D-dimensional problem becomes an s x T one
+(s <= T) with identical singular values, eigenvalues and predictions. Memory beyond the
+snapshots is O(T^2) plus one chunk; no D x D matrix and no SVD of the D x T matrix is formed.
+
+Numerics: snapshots are centred on a reference (the first snapshot) in float64 chunk by chunk,
+so the tiny per-step movement of float32 weights is not drowned by their size.
+
+The Gram accumulation is a sum over coordinates, so shards of the coordinates can be reduced
+across processes with one all-reduce of a T x T matrix (``reduce_gram``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+#: Rows of the snapshot matrix processed at once (float64 temporaries of CHUNK x T).
+CHUNK = 1 << 15
+
+GramReducer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _chunks(d: int, chunk: int = CHUNK):
+    for start in range(0, d, chunk):
+        yield start, min(start + chunk, d)
+
+
+def _basis_chunk(X: torch.Tensor, start: int, stop: int, with_reference: bool) -> torch.Tensor:
+    """Float64 (rows, b) block of the basis [ref?, w_1 - ref, ..., w_{T-1} - ref]."""
+    block = X[start:stop].to(torch.float64)
+    ref = block[:, :1]
+    centred = block[:, 1:] - ref
+    return torch.cat([ref, centred], dim=1) if with_reference else centred
+
+
+@dataclass
+class SnapshotSpace:
+    """Coordinates of the snapshots in an orthonormal basis of their (centred) span.
+
+    ``coords[:, k]`` are the coordinates of snapshot k (minus the reference when
+    ``with_reference`` is False). ``lift(c)`` maps coordinates back to D-space.
+    """
+
+    X: torch.Tensor
+    with_reference: bool
+    coords: torch.Tensor  # (s, T) float64
+    to_basis: torch.Tensor  # (b, s): basis columns -> orthonormal directions
+    direct: bool  # True: coordinates are the (centred) data themselves, no compression
+
+    def lift(self, c: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """Map coordinates ``c`` (s,) or (s, H) to states (D,) or (D, H), adding the reference
+        when the coordinates are centred."""
+        squeeze = c.ndim == 1
+        c2 = c.unsqueeze(1) if squeeze else c
+        D = self.X.shape[0]
+        out = torch.empty(D, c2.shape[1], dtype=out_dtype, device=self.X.device)
+        if self.direct:
+            ref = self.X[:, :1].to(torch.float64)
+            full = c2 if self.with_reference else c2 + ref
+            out.copy_(full)
+        else:
+            beta = self.to_basis @ c2  # (b, H)
+            for start, stop in _chunks(D):
+                block = _basis_chunk(self.X, start, stop, self.with_reference)
+                res = block @ beta
+                if not self.with_reference:
+                    res += self.X[start:stop, :1].to(torch.float64)
+                out[start:stop] = res
+        return out[:, 0] if squeeze else out
+
+
+def _check_finite_columns(sq_norms: torch.Tensor) -> None:
+    bad = (~torch.isfinite(sq_norms)).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(str(b) for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise ValueError(
+            f"snapshot(s) {shown} contain non-finite values (NaN or Inf); "
+            "a Koopman operator cannot be fitted to them"
+        )
+
+
+def build_space(
+    X: torch.Tensor,
+    *,
+    with_reference: bool,
+    reduce_gram: GramReducer | None = None,
+) -> SnapshotSpace:
+    """Compress the (D, T) snapshot matrix ``X`` to coordinates in its span.
+
+    with_reference: keep the reference snapshot in the span (a purely linear model needs it);
+    otherwise the coordinates are of the snapshots minus the reference (affine models).
+    reduce_gram: sums the T x T Gram matrix over shards (e.g. a torch.distributed all-reduce);
+    forces the snapshot (Gram) path.
+    """
+    D, T = X.shape
+    direct = reduce_gram is None and D <= T
+    if direct:
+        data = X.to(torch.float64)
+        _check_finite_columns((data * data).sum(0))
+        coords = data.clone() if with_reference else data - data[:, :1]
+        eye = torch.eye(D, dtype=torch.float64, device=X.device)
+        return SnapshotSpace(X, with_reference, coords, eye, True)
+
+    b = T if with_reference else T - 1
+    gram = torch.zeros(b, b, dtype=torch.float64, device=X.device)
+    raw_sq = torch.zeros(T, dtype=torch.float64, device=X.device)
+    for start, stop in _chunks(D):
+        raw = X[start:stop].to(torch.float64)
+        raw_sq += (raw * raw).sum(0)
+        block = _basis_chunk(X, start, stop, with_reference)
+        gram += block.T @ block
+    if reduce_gram is not None:
+        stacked = reduce_gram(torch.cat([gram.flatten(), raw_sq]))
+        gram = stacked[: b * b].reshape(b, b)
+        raw_sq = stacked[b * b :]
+    _check_finite_columns(raw_sq)
+
+    # Coefficients of each snapshot in the basis columns.
+    if with_reference:
+        coeff = torch.eye(T, dtype=torch.float64, device=X.device)
+        coeff[0, :] = 1.0  # w_k = ref + (w_k - ref)
+    else:
+        coeff = torch.zeros(b, T, dtype=torch.float64, device=X.device)
+        coeff[:, 1:] = torch.eye(b, dtype=torch.float64, device=X.device)
+
+    evals, evecs = torch.linalg.eigh(gram) if b > 0 else (gram.new_zeros(0), gram)
+    top = float(evals.max()) if evals.numel() else 0.0
+    keep = evals > top * max(T, 10) * 1e-14 if top > 0 else torch.zeros_like(evals, dtype=bool)
+    lam, Q = evals[keep], evecs[:, keep]
+    sqrt_lam = lam.sqrt()
+    to_basis = Q / sqrt_lam  # E = basis @ Q diag(1/sqrt(lam)) is orthonormal
+    coords = (Q.T @ gram @ coeff) / sqrt_lam[:, None]  # E^T basis coeff
+    return SnapshotSpace(X, with_reference, coords, to_basis, False)
