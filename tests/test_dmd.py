@@ -10,6 +10,7 @@ import torch
 
 from koopt import DivergentPredictionError, fit_dmd
 from koopt.core.rank import choose_rank
+from koopt.core.snapshots_space import local_gram
 
 
 def stable_system(n: int, seed: int, radius: float = 0.95) -> np.ndarray:
@@ -48,7 +49,7 @@ def test_random_stable_system_eigenvalues_and_predictions(seed, D_factor):
     hs = [0, 1, 5, 40]
     preds = model.predict(hs)
     assert preds.shape == (len(hs), X.shape[0]) and preds.dtype == np.float64
-    for row, h in zip(preds, hs):
+    for row, h in zip(preds, hs, strict=True):
         exact = np.linalg.matrix_power(A, h) @ (X[:, -1] if lift is None else X[:, -1] @ lift)
         if lift is not None:
             exact = lift @ exact
@@ -129,7 +130,9 @@ def test_exact_dmd_eigenvalues_agree_with_pydmd():
         ref.fit(X)
     ours = fit_dmd(X, rank=4)
     # PyDMD's rank-4 SVD is of the raw data; ours of the same data (linear model)
-    np.testing.assert_allclose(sorted_eigs(ours.eigenvalues.numpy()), sorted_eigs(ref.eigs), atol=1e-8)
+    np.testing.assert_allclose(
+        sorted_eigs(ours.eigenvalues.numpy()), sorted_eigs(ref.eigs), atol=1e-8
+    )
 
 
 def test_energy_rank_from_singular_values():
@@ -157,7 +160,9 @@ def test_int_rank_is_cut_with_a_warning():
 def test_float32_drift_is_predicted_within_one_percent():
     """Weights of size 1 drifting 1e-5 per step, stored in float32."""
     D, T, d = 20_000, 16, 1e-5
-    base = 1.0 + 0.1 * torch.rand(D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    base = 1.0 + 0.1 * torch.rand(
+        D, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     direction = torch.randn(D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     steps = torch.arange(T, dtype=torch.float64)
     X = (base[:, None] + d * direction[:, None] * steps[None, :]).to(torch.float32)
@@ -251,23 +256,13 @@ def test_negative_horizon_rejected():
 def test_distributed_gram_reduction_matches_single_process():
     """Splitting the coordinates in two shards and summing their Grams gives the same fit."""
     rng = np.random.default_rng(4)
-    X = torch.from_numpy(rng.normal(size=(400, 5)) @ trajectory(stable_system(5, 4), rng.normal(size=5), 12))
+    X = torch.from_numpy(
+        rng.normal(size=(400, 5)) @ trajectory(stable_system(5, 4), rng.normal(size=5), 12)
+    )
     full = fit_dmd(X, rank=4, affine=True)
     shards = [X[:150], X[150:]]
-    fits = []
-    for i in range(2):
-        def reduce(local, i=i):
-            total = local.clone()
-            other = shards[1 - i]
-            # the other shard's contribution, computed the same way
-            from koopt.core.snapshots_space import build_space
-            captured = {}
-
-            def grab(t):
-                captured["v"] = t
-                return t
-            build_space(other, with_reference=False, reduce_gram=grab)
-            return total + captured["v"]
-        fits.append(fit_dmd(shards[i], rank=4, affine=True, reduce_gram=reduce))
+    parts = [local_gram(shard, with_reference=False) for shard in shards]
+    total = parts[0] + parts[1]
+    fits = [fit_dmd(shard, rank=4, affine=True, reduce_gram=lambda _: total) for shard in shards]
     joined = torch.cat([fits[0].predict(7), fits[1].predict(7)])
     torch.testing.assert_close(joined, full.predict(7), atol=1e-10, rtol=0)

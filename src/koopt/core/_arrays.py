@@ -39,8 +39,10 @@ def as_tensor(x: Any) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach()
     arr = np.asarray(x)
-    if arr.dtype == np.float16 or np.issubdtype(arr.dtype, np.floating) or np.issubdtype(
-        arr.dtype, np.integer
+    if (
+        arr.dtype == np.float16
+        or np.issubdtype(arr.dtype, np.floating)
+        or np.issubdtype(arr.dtype, np.integer)
     ):
         return torch.from_numpy(np.ascontiguousarray(arr) if not arr.flags.writeable else arr)
     raise ValueError(f"expected a real numeric array, got dtype {arr.dtype}")

@@ -61,7 +61,9 @@ class DMDModel:
         self.residual = residual
         self.singular_values = sigma
         self.eigenvalues = (
-            torch.linalg.eigvals(Atilde) if Atilde.numel() else torch.zeros(0, dtype=torch.complex128)
+            torch.linalg.eigvals(Atilde)
+            if Atilde.numel()
+            else torch.zeros(0, dtype=torch.complex128)
         )
         self._a0 = Ur.T @ v0
         self._ac = Ur.T @ c
@@ -105,7 +107,9 @@ class DMDModel:
         limit = torch.finfo(final).max
         norms = coords.norm(dim=0)
         ref_bound = float(self._space.X[:, 0].to(torch.float64).abs().max())
-        bad = [h for h, n in zip(horizons, norms.tolist()) if not (n + ref_bound < limit)]
+        bad = [
+            h for h, n in zip(horizons, norms.tolist(), strict=True) if not (n + ref_bound < limit)
+        ]
         if bad:
             raise DivergentPredictionError(
                 f"predicting {bad[0]} steps ahead would overflow {final}: the fitted operator "

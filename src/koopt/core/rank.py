@@ -21,7 +21,9 @@ def validate_rank(rank: RankSpec) -> None:
     if rank is None or rank == "svht":
         return
     if isinstance(rank, bool):
-        raise ValueError(f"rank must be None, a positive int, a float in (0, 1) or 'svht'; got {rank!r}")
+        raise ValueError(
+            f"rank must be None, a positive int, a float in (0, 1) or 'svht'; got {rank!r}"
+        )
     if isinstance(rank, int):
         if rank < 1:
             raise ValueError(f"rank must be at least 1, got {rank}")
@@ -30,7 +32,9 @@ def validate_rank(rank: RankSpec) -> None:
         if not 0.0 < rank < 1.0:
             raise ValueError(f"an energy rank must lie in (0, 1), got {rank}")
         return
-    raise ValueError(f"rank must be None, a positive int, a float in (0, 1) or 'svht'; got {rank!r}")
+    raise ValueError(
+        f"rank must be None, a positive int, a float in (0, 1) or 'svht'; got {rank!r}"
+    )
 
 
 def numerical_rank(sigma: torch.Tensor, shape: tuple[int, int]) -> int:
@@ -78,4 +82,11 @@ def energy_share(sigma: torch.Tensor, r: int) -> float:
     return 1.0 if total == 0 else float((sigma[:r] ** 2).sum()) / total
 
 
-__all__ = ["RankSpec", "choose_rank", "energy_share", "numerical_rank", "svht_omega", "validate_rank"]
+__all__ = [
+    "RankSpec",
+    "choose_rank",
+    "energy_share",
+    "numerical_rank",
+    "svht_omega",
+    "validate_rank",
+]

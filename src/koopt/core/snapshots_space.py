@@ -86,6 +86,25 @@ def _check_finite_columns(sq_norms: torch.Tensor) -> None:
         )
 
 
+def local_gram(X: torch.Tensor, *, with_reference: bool) -> torch.Tensor:
+    """This process's share of the Gram matrix, packed as one float64 vector.
+
+    The first b*b entries are the Gram matrix of the basis columns (b = T with the reference,
+    T - 1 without), the last T the squared norms of the raw snapshots (to detect non-finite
+    ones). Summing the vectors of all coordinate shards gives the full fit's.
+    """
+    D, T = X.shape
+    b = T if with_reference else T - 1
+    gram = torch.zeros(b, b, dtype=torch.float64, device=X.device)
+    raw_sq = torch.zeros(T, dtype=torch.float64, device=X.device)
+    for start, stop in _chunks(D):
+        raw = X[start:stop].to(torch.float64)
+        raw_sq += (raw * raw).sum(0)
+        block = _basis_chunk(X, start, stop, with_reference)
+        gram += block.T @ block
+    return torch.cat([gram.flatten(), raw_sq])
+
+
 def build_space(
     X: torch.Tensor,
     *,
@@ -96,8 +115,8 @@ def build_space(
 
     with_reference: keep the reference snapshot in the span (a purely linear model needs it);
     otherwise the coordinates are of the snapshots minus the reference (affine models).
-    reduce_gram: sums the T x T Gram matrix over shards (e.g. a torch.distributed all-reduce);
-    forces the snapshot (Gram) path.
+    reduce_gram: sums the packed vector of ``local_gram`` over shards (e.g. a torch.distributed
+    all-reduce); forces the snapshot (Gram) path.
     """
     D, T = X.shape
     direct = reduce_gram is None and D <= T
@@ -108,18 +127,12 @@ def build_space(
         eye = torch.eye(D, dtype=torch.float64, device=X.device)
         return SnapshotSpace(X, with_reference, coords, eye, True)
 
-    b = T if with_reference else T - 1
-    gram = torch.zeros(b, b, dtype=torch.float64, device=X.device)
-    raw_sq = torch.zeros(T, dtype=torch.float64, device=X.device)
-    for start, stop in _chunks(D):
-        raw = X[start:stop].to(torch.float64)
-        raw_sq += (raw * raw).sum(0)
-        block = _basis_chunk(X, start, stop, with_reference)
-        gram += block.T @ block
+    packed = local_gram(X, with_reference=with_reference)
     if reduce_gram is not None:
-        stacked = reduce_gram(torch.cat([gram.flatten(), raw_sq]))
-        gram = stacked[: b * b].reshape(b, b)
-        raw_sq = stacked[b * b :]
+        packed = reduce_gram(packed)
+    b = T if with_reference else T - 1
+    gram = packed[: b * b].reshape(b, b)
+    raw_sq = packed[b * b :]
     _check_finite_columns(raw_sq)
 
     # Coefficients of each snapshot in the basis columns.
