@@ -5,7 +5,19 @@ Implements Dogra & Redman, "Optimizing Neural Networks via Koopman Operator Theo
 """
 
 from koopt.core import DivergentPredictionError, DMDModel, fit_dmd, fit_operators
+from koopt.families import FAMILIES, FittedFamily, fit_family
+from koopt.layout import ParameterLayout
 
 __version__ = "0.1.0"
 
-__all__ = ["DMDModel", "DivergentPredictionError", "__version__", "fit_dmd", "fit_operators"]
+__all__ = [
+    "FAMILIES",
+    "DMDModel",
+    "DivergentPredictionError",
+    "FittedFamily",
+    "ParameterLayout",
+    "__version__",
+    "fit_dmd",
+    "fit_family",
+    "fit_operators",
+]
