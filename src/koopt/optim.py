@@ -1,0 +1,644 @@
+"""``KoopmanOptimizer``: Koopman jumps inside any torch training loop, loss-checked and resumable.
+
+Dogra & Redman, "Optimizing Neural Networks via Koopman Operator Theory" (NeurIPS 2020)
+fit linear (Koopman/DMD) operators to recorded weights and jump many steps ahead in one
+shot. They use no accept rule; QuACK (Redman et al., NeurIPS 2023) showed that checking
+the loss at several candidate horizons and keeping the best is what makes jumps pay off.
+This wrapper does that around any ``torch.optim`` optimizer, following the conventions of
+Lookahead (Zhang et al., NeurIPS 2019; timm and optax ``lookahead``) and SWA
+(``torch.optim.swa_utils``):
+
+- ``param_groups`` *is* the inner optimizer's list, so LR schedulers and GradScaler work
+  on the wrapper; ``step(closure)`` returns what the inner step returns;
+- ``state_dict()`` is the inner optimizer's (integer parameter indices) plus a
+  ``"koopman"`` entry: counters, the partial snapshot window and the jump log;
+- every ``stride`` steps after ``warmup`` the trainable weights are recorded; after
+  ``window`` snapshots an operator family is fitted (``koopt.families.fit_family``,
+  default: affine low-rank whole-network DMD) and each candidate horizon is written in
+  place and checked with ``loss_fn``; the best candidate is kept if it beats the current
+  loss, otherwise the weights are restored bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from koopt.families import fit_family
+from koopt.layout import ParameterLayout
+from koopt.snapshots import SnapshotBuffer, SnapshotSchedule, default_storage_dtype
+
+__all__ = ["JumpPrecisionWarning", "KoopmanOptimizer"]
+
+_STATE_VERSION = 1
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_FAMILIES = ("single_weight", "quasi_node", "node", "layer", "network")
+_RANKED_FAMILIES = ("layer", "network")
+
+
+class JumpPrecisionWarning(UserWarning):
+    """A jump moved the weights by less than their dtype (bf16/fp16) can represent."""
+
+
+@dataclass
+class _Window:
+    """The snapshot window of one parameter group: which parameters, and their rows."""
+
+    params: list[torch.Tensor]
+    buffer: SnapshotBuffer
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().float().item()
+    return float(value)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def _unrepresented_fraction(
+    params: Sequence[torch.Tensor], before: Sequence[torch.Tensor], target: torch.Tensor
+) -> float | None:
+    """Share of the intended changes of bf16/fp16 parameters that rounding erased.
+
+    ``before`` are the parameters' values before the write, ``target`` the flat
+    high-precision vector that was written. None when no parameter is low precision.
+    """
+    intended = lost = 0
+    offset = 0
+    for p, old in zip(params, before, strict=True):
+        n = p.numel()
+        if p.dtype in _LOW_PRECISION:
+            want = target[offset : offset + n].view_as(p)
+            moves = want != old.to(want.dtype)
+            stayed = p.detach() == old
+            intended += int(moves.sum())
+            lost += int((moves & stayed).sum())
+        offset += n
+    if not any(p.dtype in _LOW_PRECISION for p in params):
+        return None
+    return lost / intended if intended else 0.0
+
+
+class KoopmanOptimizer(torch.optim.Optimizer):
+    """Wrap ``optimizer`` and take loss-checked Koopman jumps while it trains.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` (Adam, SGD, ...); it keeps doing the steps.
+        warmup: gradient steps before the first snapshot (early training moves too fast
+            for a linear model).
+        stride: gradient steps between snapshots (the prototype: 10 beats every step).
+        window: snapshots per fit (m); the first jump comes ``(window - 1) * stride``
+            steps after ``warmup``, then every ``(window - 1) * stride`` steps.
+        family: operator family of ``koopt.families`` ("network", "layer", "node",
+            "quasi_node", "single_weight"); "network" = one low-rank DMD of all weights.
+        rank, delays, affine, stabilize: core DMD options (rank/delays only for "layer"
+            and "network"); ``stabilize="clip"`` clips eigenvalues to the unit disk.
+        horizons: candidate jump lengths in gradient steps (rounded to multiples of
+            ``stride``); each is written and checked with ``loss_fn``.
+        loss_fn: ``loss_fn() -> float`` evaluated under ``no_grad`` on the model as it
+            stands (use a fixed training subset, never validation data). ``None``: the
+            paper's unchecked jump to the longest horizon (only non-finite ones refused).
+        state_policy: inner optimizer state after an accepted jump: "keep" (moments
+            stay, as Lookahead) or "reset" (cleared, as QuACK and optax
+            ``lookahead(reset_state=True)``).
+        bn_recalibrate: called (no arguments, under ``no_grad``) after an accepted jump,
+            e.g. ``lambda: torch.optim.swa_utils.update_bn(loader, model)``.
+        scheduler: an LR scheduler to advance by the accepted horizon (the jump counts as
+            that many steps of the schedule); ``None`` leaves the schedule alone.
+        module: the model, only to name parameters (logs, node/layer families).
+        snapshot_dtype: storage and fit dtype of snapshots; default float32 (float64 for
+            float64 weights), also for bf16/fp16 weights.
+        family_options: extra keyword arguments for ``fit_family`` (e.g. ``{"q": 4}``).
+        writer: a ``torch.utils.tensorboard.SummaryWriter`` for ``koopt/*`` scalars.
+        log_path: append one JSON line per fit to this file.
+
+    Attributes:
+        log: one dict per fit: step, candidate horizons and their losses, the loss
+            before, the chosen horizon, accepted, spectral radius, time spent.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        warmup: int = 100,
+        stride: int = 10,
+        window: int = 10,
+        family: str = "network",
+        rank: int | float | str | None = 4,
+        delays: int = 1,
+        affine: bool = True,
+        stabilize: str = "clip",
+        horizons: Sequence[int] = (20, 50, 100, 200, 400),
+        loss_fn: Callable[[], Any] | None = None,
+        state_policy: str = "keep",
+        bn_recalibrate: Callable[[], Any] | None = None,
+        scheduler: Any | None = None,
+        module: nn.Module | None = None,
+        snapshot_dtype: torch.dtype | None = None,
+        family_options: Mapping[str, Any] | None = None,
+        writer: Any | None = None,
+        log_path: str | None = None,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
+        if isinstance(optimizer, KoopmanOptimizer):
+            raise TypeError("optimizer is already a KoopmanOptimizer")
+        if family not in _FAMILIES:
+            raise ValueError(f"family must be one of {_FAMILIES}, got {family!r}")
+        if state_policy not in ("keep", "reset"):
+            raise ValueError(f"state_policy must be 'keep' or 'reset', got {state_policy!r}")
+        if delays < 1:
+            raise ValueError(f"delays must be >= 1, got {delays}")
+        if window < max(2, delays + 1):
+            raise ValueError(f"window must be at least max(2, delays + 1), got {window}")
+        horizons = [int(h) for h in horizons]
+        if not horizons or min(horizons) < 1:
+            raise ValueError(f"horizons must be positive step counts, got {horizons}")
+        if scheduler is not None and not hasattr(scheduler, "step"):
+            raise TypeError("scheduler must be an LR scheduler with a step() method")
+        if scheduler is not None and type(scheduler).__name__ == "ReduceLROnPlateau":
+            raise TypeError("ReduceLROnPlateau needs a metric; it cannot be advanced by a jump")
+        if snapshot_dtype is not None and snapshot_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"snapshot_dtype must be float32 or float64, got {snapshot_dtype}")
+
+        # torch.optim.Optimizer plumbing without Optimizer.__init__ (the Lookahead pattern):
+        # the hook dicts, and the profiling/hook wrapper around ``step``.
+        self._optimizer_step_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._patch_step_function()
+        self._warned_capturable_if_run_uncaptured = True
+
+        self.optimizer = optimizer
+        self.schedule = SnapshotSchedule(warmup=int(warmup), stride=int(stride))
+        self.window = int(window)
+        self.family = family
+        self.rank = rank
+        self.delays = int(delays)
+        self.affine = bool(affine)
+        self.stabilize = stabilize
+        self.horizon_snapshots = sorted({max(1, round(h / self.schedule.stride)) for h in horizons})
+        self.loss_fn = loss_fn
+        self.state_policy = state_policy
+        self.bn_recalibrate = bn_recalibrate
+        self.scheduler = scheduler
+        self.snapshot_dtype = snapshot_dtype
+        self.family_options = dict(family_options or {})
+        self.writer = writer
+        self.log_path = log_path
+        self._names: dict[int, str] = {}
+        if module is not None:
+            self._names = {id(p): n for n, p in module.named_parameters()}
+
+        self.log: list[dict[str, Any]] = []
+        self._windows: dict[int, _Window] = {}
+        self._step = 0
+        self._virtual_steps = 0
+        self._accepted = 0
+        self._refused = 0
+
+    # ------------------------------------------------------------------ torch.optim contract
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        """The inner optimizer's own list of parameter groups (shared, not copied)."""
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        """The inner optimizer's per-parameter state."""
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.optimizer.state = value
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self.optimizer.defaults = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return (
+            f"KoopmanOptimizer({self.optimizer!r}, warmup={self.schedule.warmup}, "
+            f"stride={self.schedule.stride}, window={self.window}, family={self.family!r}, "
+            f"rank={self.rank}, horizons={self.horizons})"
+        )
+
+    @property
+    def horizons(self) -> list[int]:
+        """Candidate horizons in gradient steps (multiples of ``stride``)."""
+        return [h * self.schedule.stride for h in self.horizon_snapshots]
+
+    @property
+    def steps(self) -> int:
+        """Gradient steps taken so far (jumps not counted)."""
+        return self._step
+
+    @property
+    def virtual_steps(self) -> int:
+        """Sum of the horizons of all accepted jumps."""
+        return self._virtual_steps
+
+    @property
+    def num_accepted(self) -> int:
+        return self._accepted
+
+    @property
+    def num_refused(self) -> int:
+        return self._refused
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forward to the inner optimizer."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Forward to the inner optimizer; the new group starts its own window."""
+        self.optimizer.add_param_group(param_group)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One inner step, then record a snapshot and jump when a window is full.
+
+        Returns what the inner optimizer's ``step`` returns (the closure's loss or None).
+        """
+        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        self.record_step()
+        return loss
+
+    # ------------------------------------------------------------------ recording
+    def record_step(self) -> None:
+        """Account for one gradient step the inner optimizer has just taken.
+
+        ``step`` calls this; trainer adapters that step the inner optimizer themselves
+        (Lightning, Hugging Face) call it once per optimizer step, while gradients are set.
+        """
+        self._step += 1
+        if not self.schedule.due(self._step):
+            return
+        ready: list[int] = []
+        for gi, group in enumerate(self.param_groups):
+            win = self._windows.get(gi)
+            if win is None or len(win.buffer) == 0:
+                win = self._open_window(gi, group)
+                if win is None:
+                    continue
+            win.buffer.append(self._flatten(win.params, win.buffer))
+            if win.buffer.full:
+                ready.append(gi)
+        if ready:
+            self._jump(ready)
+
+    def _is_recorded(self, group: dict[str, Any], p: torch.Tensor) -> bool:
+        """Trainable, in a group with lr != 0, and touched by the optimizer (grad or state)."""
+        if not (p.requires_grad and p.is_floating_point()):
+            return False
+        if "lr" in group and _as_float(group["lr"]) == 0.0:
+            return False
+        return p.grad is not None or bool(self.optimizer.state.get(p))
+
+    def _open_window(self, gi: int, group: dict[str, Any]) -> _Window | None:
+        params = [p for p in group["params"] if self._is_recorded(group, p)]
+        if not params:
+            self._windows.pop(gi, None)
+            return None
+        dtype = self.snapshot_dtype or default_storage_dtype(params)
+        numel = sum(p.numel() for p in params)
+        buf = SnapshotBuffer(self.window, numel, dtype=dtype, device=params[0].device)
+        win = _Window(params=params, buffer=buf)
+        self._windows[gi] = win
+        return win
+
+    @staticmethod
+    def _flatten(params: Sequence[torch.Tensor], buffer: SnapshotBuffer) -> torch.Tensor:
+        return torch.cat(
+            [p.detach().reshape(-1).to(device=buffer.device, dtype=buffer.dtype) for p in params]
+        )
+
+    def _param_name(self, p: torch.Tensor, index: int) -> str:
+        return self._names.get(id(p), f"param{index}")
+
+    def _param_indices(self) -> dict[int, int]:
+        """id(param) -> the integer index torch's ``state_dict`` gives it."""
+        mapping: dict[int, int] = {}
+        start = 0
+        for group in self.param_groups:
+            for i, p in enumerate(group["params"], start):
+                mapping.setdefault(id(p), i)
+            start += len(group["params"])
+        return mapping
+
+    # ------------------------------------------------------------------ jumping
+    def _fit_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"affine": self.affine, "stabilize": self.stabilize}
+        if self.family in _RANKED_FAMILIES:
+            opts.update(rank=self.rank, delays=self.delays)
+        opts.update(self.family_options)
+        return opts
+
+    def _eval_loss(self) -> float:
+        assert self.loss_fn is not None
+        with torch.no_grad():
+            value = _as_float(self.loss_fn())
+        return value if math.isfinite(value) else math.inf
+
+    def _jump(self, groups: list[int]) -> None:
+        """Fit the full windows of ``groups`` jointly, check the candidates, keep or restore."""
+        t0 = time.perf_counter()
+        index = self._param_indices()
+        params: list[torch.Tensor] = []
+        cols: list[torch.Tensor] = []
+        for gi in groups:
+            win = self._windows[gi]
+            group = self.param_groups[gi]
+            offset = 0
+            for p in win.params:
+                n = p.numel()
+                # A parameter frozen (or its lr set to 0) since the window opened is left alone.
+                if p.requires_grad and not ("lr" in group and _as_float(group["lr"]) == 0.0):
+                    params.append(p)
+                    cols.append(win.buffer.rows()[:, offset : offset + n])
+                offset += n
+        record: dict[str, Any] = {
+            "step": self._step,
+            "groups": list(groups),
+            "n_params": sum(p.numel() for p in params),
+            "snapshots": self.window,
+            "family": self.family,
+            "horizons": self.horizons,
+            "losses": [None] * len(self.horizon_snapshots),
+            "loss_before": None,
+            "chosen": None,
+            "accepted": False,
+            "reason": "",
+            "spectral_radius": None,
+            "rank": None,
+        }
+        accepted_horizon = 0
+        try:
+            if not params:
+                record["reason"] = "no recorded parameters"
+                return
+            snapshots = torch.cat(cols, dim=1)
+            layout = ParameterLayout([(self._param_name(p, index[id(p)]), p) for p in params])
+            try:
+                fitted = fit_family(self.family, layout, snapshots, **self._fit_options())
+                candidates = fitted.predict(list(self.horizon_snapshots))
+            except (ValueError, RuntimeError, ArithmeticError) as err:
+                record["reason"] = f"fit failed: {type(err).__name__}: {err}"
+                return
+            record["spectral_radius"] = _as_float(getattr(fitted, "spectral_radius", math.nan))
+            record["rank"] = getattr(fitted, "rank", None)
+            record["fit_s"] = time.perf_counter() - t0
+            accepted_horizon = self._check_and_write(layout, params, candidates, record)
+        finally:
+            for gi in groups:
+                self._reopen(gi, moved=bool(record["accepted"]))
+            if record["accepted"]:
+                self._accepted += 1
+                self._virtual_steps += accepted_horizon
+            else:
+                self._refused += 1
+            record["virtual_steps"] = self._virtual_steps
+            record["time_s"] = time.perf_counter() - t0
+            self._emit(record)
+
+    def _check_and_write(
+        self,
+        layout: ParameterLayout,
+        params: list[torch.Tensor],
+        candidates: torch.Tensor,
+        record: dict[str, Any],
+    ) -> int:
+        """Write each finite candidate, evaluate it, keep the best one or restore exactly.
+
+        Returns the accepted horizon in gradient steps (0 when refused).
+        """
+        finite = [bool(torch.isfinite(c).all()) for c in candidates]
+        if not any(finite):
+            record["reason"] = "all candidates non-finite"
+            return 0
+        saved = [p.detach().clone() for p in params]
+        t_check = time.perf_counter()
+        try:
+            if self.loss_fn is None:
+                best = max(k for k, ok in enumerate(finite) if ok)
+            else:
+                record["loss_before"] = self._eval_loss()
+                losses: list[float | None] = []
+                for cand, ok in zip(candidates, finite, strict=True):
+                    if not ok:
+                        losses.append(None)
+                        continue
+                    layout.write_(cand)
+                    losses.append(self._eval_loss())
+                record["losses"] = losses
+                scored = [(v, k) for k, v in enumerate(losses) if v is not None]
+                best_loss, best = min(scored)
+                if not best_loss < record["loss_before"]:
+                    self._restore(params, saved)
+                    record["reason"] = "no candidate beats the current loss"
+                    return 0
+                record["loss_after"] = best_loss
+            layout.write_(candidates[best])
+        except BaseException:
+            self._restore(params, saved)
+            raise
+        finally:
+            record["check_s"] = time.perf_counter() - t_check
+
+        horizon = self.horizons[best]
+        record.update(chosen=horizon, accepted=True, reason="accepted")
+        lost = _unrepresented_fraction(params, saved, candidates[best])
+        if lost is not None:
+            record["unrepresented_fraction"] = lost
+            if lost > 0.5:
+                warnings.warn(
+                    f"Koopman jump at step {self._step}: {lost:.0%} of the intended weight "
+                    "changes are smaller than the bf16/fp16 parameters can represent; keep "
+                    "float32 master weights or use longer horizons",
+                    JumpPrecisionWarning,
+                    stacklevel=4,
+                )
+        if self.state_policy == "reset":
+            for p in params:
+                self.optimizer.state.pop(p, None)
+        if self.scheduler is not None:
+            for _ in range(horizon):
+                self.scheduler.step()
+        if self.bn_recalibrate is not None:
+            with torch.no_grad():
+                self.bn_recalibrate()
+        return horizon
+
+    @staticmethod
+    @torch.no_grad()
+    def _restore(params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor]) -> None:
+        for p, s in zip(params, saved, strict=True):
+            p.copy_(s)
+
+    def _reopen(self, gi: int, *, moved: bool) -> None:
+        """Start the next window at the weights as they now stand (jumped or not)."""
+        win = self._windows.get(gi)
+        if win is None:
+            return
+        if moved:
+            win.buffer.clear()
+            win.buffer.append(self._flatten(win.params, win.buffer))
+        else:
+            win.buffer.clear(keep_last=True)
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        record = _json_safe(record)
+        self.log.append(record)
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            step = record["step"]
+            self.writer.add_scalar("koopt/accepted", float(record["accepted"]), step)
+            self.writer.add_scalar("koopt/time_s", record["time_s"], step)
+            self.writer.add_scalar("koopt/virtual_steps", record["virtual_steps"], step)
+            for key in ("loss_before", "loss_after", "chosen", "spectral_radius"):
+                if record.get(key) is not None:
+                    self.writer.add_scalar(f"koopt/{key}", record[key], step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _param_shapes(self) -> list[list[list[int]]]:
+        return [[list(p.shape) for p in g["params"]] for g in self.param_groups]
+
+    def koopman_state_dict(self) -> dict[str, Any]:
+        """The wrapper's own state: counters, partial windows (by parameter index), log."""
+        index = self._param_indices()
+        windows = {
+            gi: {
+                "params": [index[id(p)] for p in win.params],
+                "rows": win.buffer.state_dict()["rows"],
+            }
+            for gi, win in self._windows.items()
+        }
+        return {
+            "version": _STATE_VERSION,
+            "step": self._step,
+            "virtual_steps": self._virtual_steps,
+            "accepted": self._accepted,
+            "refused": self._refused,
+            "param_shapes": self._param_shapes(),
+            "windows": windows,
+            "log": [dict(r) for r in self.log],
+        }
+
+    def _check_compatible(self, state: Mapping[str, Any]) -> None:
+        saved = [[list(s) for s in g] for g in state["param_shapes"]]
+        now = self._param_shapes()
+        if len(saved) != len(now):
+            raise ValueError(
+                f"KoopmanOptimizer.load_state_dict: the checkpoint has {len(saved)} parameter "
+                f"groups, this optimizer has {len(now)}; the model or its groups changed "
+                "between save and load"
+            )
+        for gi, (s, n) in enumerate(zip(saved, now, strict=True)):
+            if s != n:
+                detail = f"{len(s)} vs {len(n)} parameters" if len(s) != len(n) else ""
+                for i, (a, b) in enumerate(zip(s, n, strict=False)):
+                    if a != b:
+                        detail = f"parameter {i} has shape {a} in the checkpoint, {b} now"
+                        break
+                raise ValueError(
+                    f"KoopmanOptimizer.load_state_dict: parameter group {gi} does not match the "
+                    f"checkpoint ({detail}); the model changed between save and load "
+                    f"(saved shapes {s}, current shapes {n})"
+                )
+
+    def load_koopman_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`koopman_state_dict` returned (same model, same groups)."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unsupported koopman state version {state.get('version')!r}")
+        self._check_compatible(state)
+        by_index: dict[int, torch.Tensor] = {}
+        start = 0
+        for group in self.param_groups:
+            for i, p in enumerate(group["params"], start):
+                by_index.setdefault(i, p)
+            start += len(group["params"])
+        windows: dict[int, _Window] = {}
+        for gi, saved in state["windows"].items():
+            params = [by_index[int(i)] for i in saved["params"]]
+            rows = torch.as_tensor(saved["rows"])
+            numel = sum(p.numel() for p in params)
+            buf = SnapshotBuffer(self.window, numel, dtype=rows.dtype, device=params[0].device)
+            buf.load_state_dict({"rows": rows})
+            windows[int(gi)] = _Window(params=params, buffer=buf)
+        self._windows = windows
+        self._step = int(state["step"])
+        self._virtual_steps = int(state["virtual_steps"])
+        self._accepted = int(state["accepted"])
+        self._refused = int(state["refused"])
+        self.log = [dict(r) for r in state.get("log", [])]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner optimizer's ``state_dict`` plus ``"koopman"`` (see koopman_state_dict)."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        state = self.optimizer.state_dict()
+        state["koopman"] = self.koopman_state_dict()
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state)
+            if result is not None:
+                state = result
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load the inner optimizer's state and the wrapper's windows, counters and log.
+
+        Raises ValueError with the mismatch when the parameters' number or shapes differ
+        from the checkpoint's (a model changed between save and load).
+        """
+        state = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state)
+            if result is not None:
+                state = dict(result)
+        koopman = state.pop("koopman", None)
+        if koopman is not None:
+            self._check_compatible(koopman)
+        self.optimizer.load_state_dict(state)
+        if koopman is not None:
+            self.load_koopman_state_dict(koopman)
+        else:  # a plain optimizer checkpoint: start a fresh window
+            self._windows = {}
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
