@@ -365,7 +365,11 @@ class KoopmanOptimizer(torch.optim.Optimizer):
     def _fit_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"affine": self.affine, "stabilize": self.stabilize}
         if self.family in _RANKED_FAMILIES:
-            opts.update(rank=self.rank, delays=self.delays)
+            rank = self.rank
+            if isinstance(rank, int) and not isinstance(rank, bool):
+                # what a window supports: one per snapshot pair, one less when centred (affine)
+                rank = max(1, min(rank, self.window - self.delays - int(self.affine)))
+            opts.update(rank=rank, delays=self.delays)
         opts.update(self.family_options)
         return opts
 
@@ -414,12 +418,18 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                 return
             snapshots = torch.cat(cols, dim=1)
             layout = ParameterLayout([(self._param_name(p, index[id(p)]), p) for p in params])
+            caught: list[warnings.WarningMessage] = []
             try:
-                fitted = fit_family(self.family, layout, snapshots, **self._fit_options())
-                candidates = fitted.predict(list(self.horizon_snapshots))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    fitted = fit_family(self.family, layout, snapshots, **self._fit_options())
+                    candidates = fitted.predict(list(self.horizon_snapshots))
             except (ValueError, RuntimeError, ArithmeticError) as err:
                 record["reason"] = f"fit failed: {type(err).__name__}: {err}"
                 return
+            finally:  # the core's notes (e.g. rank cut to what the window supports) go to the log
+                if caught:
+                    record["fit_warnings"] = [str(w.message) for w in caught]
             record["spectral_radius"] = _as_float(getattr(fitted, "spectral_radius", math.nan))
             record["rank"] = getattr(fitted, "rank", None)
             record["fit_s"] = time.perf_counter() - t0
@@ -453,6 +463,16 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             return 0
         saved = [p.detach().clone() for p in params]
         t_check = time.perf_counter()
+        low_precision = any(p.dtype in _LOW_PRECISION for p in params)
+
+        def write(candidate: torch.Tensor) -> None:
+            layout.write_(candidate)
+            if low_precision:
+                lost = _unrepresented_fraction(params, saved, candidate) or 0.0
+                record["unrepresented_fraction"] = max(
+                    lost, record.get("unrepresented_fraction", 0.0)
+                )
+
         try:
             if self.loss_fn is None:
                 best = max(k for k, ok in enumerate(finite) if ok)
@@ -463,7 +483,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     if not ok:
                         losses.append(None)
                         continue
-                    layout.write_(cand)
+                    write(cand)
                     losses.append(self._eval_loss())
                 record["losses"] = losses
                 scored = [(v, k) for k, v in enumerate(losses) if v is not None]
@@ -473,26 +493,24 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     record["reason"] = "no candidate beats the current loss"
                     return 0
                 record["loss_after"] = best_loss
-            layout.write_(candidates[best])
+            write(candidates[best])
         except BaseException:
             self._restore(params, saved)
             raise
         finally:
             record["check_s"] = time.perf_counter() - t_check
+            if record.get("unrepresented_fraction", 0.0) > 0.5:
+                warnings.warn(
+                    f"Koopman jump at step {self._step}: "
+                    f"{record['unrepresented_fraction']:.0%} of the intended weight changes "
+                    "are smaller than the bf16/fp16 parameters can represent; keep float32 "
+                    "master weights or use longer horizons",
+                    JumpPrecisionWarning,
+                    stacklevel=5,
+                )
 
         horizon = self.horizons[best]
         record.update(chosen=horizon, accepted=True, reason="accepted")
-        lost = _unrepresented_fraction(params, saved, candidates[best])
-        if lost is not None:
-            record["unrepresented_fraction"] = lost
-            if lost > 0.5:
-                warnings.warn(
-                    f"Koopman jump at step {self._step}: {lost:.0%} of the intended weight "
-                    "changes are smaller than the bf16/fp16 parameters can represent; keep "
-                    "float32 master weights or use longer horizons",
-                    JumpPrecisionWarning,
-                    stacklevel=4,
-                )
         if self.state_policy == "reset":
             for p in params:
                 self.optimizer.state.pop(p, None)
