@@ -44,7 +44,7 @@ def test_random_stable_system_eigenvalues_and_predictions(seed, D_factor):
     model = fit_dmd(X)
     assert model.rank == n
     np.testing.assert_allclose(
-        sorted_eigs(model.eigenvalues.numpy()), sorted_eigs(np.linalg.eigvals(A)), atol=1e-8
+        sorted_eigs(model.eigenvalues), sorted_eigs(np.linalg.eigvals(A)), atol=1e-8
     )
     hs = [0, 1, 5, 40]
     preds = model.predict(hs)
@@ -111,10 +111,10 @@ def test_delays_recover_oscillation_frequencies_of_three_coupled_masses():
     plain = fit_dmd(X)
     assert plain.rank <= 3  # three coordinates cannot carry six oscillatory eigenvalues
     model = fit_dmd(X, delays=4)
-    freqs = np.sort(np.abs(np.angle(model.eigenvalues.numpy())) / dt)
+    freqs = np.sort(np.abs(np.angle(model.eigenvalues)) / dt)
     expected = np.sort(np.concatenate([omega, omega]))
     np.testing.assert_allclose(freqs, expected, atol=1e-6)
-    np.testing.assert_allclose(np.abs(model.eigenvalues.numpy()), 1.0, atol=1e-8)
+    np.testing.assert_allclose(np.abs(model.eigenvalues), 1.0, atol=1e-8)
     ahead, _ = three_masses(250)
     np.testing.assert_allclose(model.predict(50), ahead[:, 249], atol=1e-6)
 
@@ -130,9 +130,7 @@ def test_exact_dmd_eigenvalues_agree_with_pydmd():
         ref.fit(X)
     ours = fit_dmd(X, rank=4)
     # PyDMD's rank-4 SVD is of the raw data; ours of the same data (linear model)
-    np.testing.assert_allclose(
-        sorted_eigs(ours.eigenvalues.numpy()), sorted_eigs(ref.eigs), atol=1e-8
-    )
+    np.testing.assert_allclose(sorted_eigs(ours.eigenvalues), sorted_eigs(ref.eigs), atol=1e-8)
 
 
 def test_energy_rank_from_singular_values():
@@ -199,6 +197,8 @@ def test_torch_in_torch_out_and_dtype():
     model = fit_dmd(X, rank=3, stabilize="clip")
     p = model.predict([1, 2])
     assert isinstance(p, torch.Tensor) and p.dtype == torch.float32 and p.shape == (2, 30)
+    assert isinstance(model.eigenvalues, torch.Tensor) and model.eigenvalues.is_complex()
+    assert isinstance(fit_dmd(X.numpy()).eigenvalues, np.ndarray)
     Xb = X.to(torch.bfloat16)
     assert fit_dmd(Xb, rank=3, stabilize="clip").predict(3).dtype == torch.bfloat16
 

@@ -33,6 +33,10 @@ class ArrayKind:
         target = self.dtype if self.dtype.is_floating_point else torch.float64
         return t.to(device=self.device, dtype=target)
 
+    def complex_output(self, t: torch.Tensor) -> Any:
+        """Complex results (eigenvalues) as numpy for numpy callers, else torch."""
+        return t.detach().cpu().numpy() if self.is_numpy else t.to(self.device)
+
 
 def as_tensor(x: Any) -> torch.Tensor:
     """A torch view of ``x`` without copying where possible (numpy arrays are shared)."""

@@ -55,18 +55,29 @@ class DMDModel:
         self._B = B
         self._Ur = Ur
         self._Atilde = Atilde
-        self.raw_eigenvalues = raw_eigenvalues
+        self._raw_eigenvalues = raw_eigenvalues
         self._v0 = v0
         self._c = c
         self.residual = residual
         self.singular_values = sigma
-        self.eigenvalues = (
+        self._eigenvalues = (
             torch.linalg.eigvals(Atilde)
             if Atilde.numel()
             else torch.zeros(0, dtype=torch.complex128)
         )
         self._a0 = Ur.T @ v0
         self._ac = Ur.T @ c
+
+    @property
+    def eigenvalues(self) -> Any:
+        """Eigenvalues (complex, shape (r,)) of the operator used for prediction; numpy for
+        numpy input, torch otherwise."""
+        return self._kind.complex_output(self._eigenvalues)
+
+    @property
+    def raw_eigenvalues(self) -> Any:
+        """Eigenvalues of the fitted operator before stabilisation."""
+        return self._kind.complex_output(self._raw_eigenvalues)
 
     @property
     def rank(self) -> int:
@@ -76,7 +87,7 @@ class DMDModel:
     @property
     def spectral_radius(self) -> float:
         """Largest |eigenvalue| of the operator used for prediction."""
-        return spectral_radius(self.eigenvalues)
+        return spectral_radius(self._eigenvalues)
 
     @property
     def operator(self) -> torch.Tensor:
