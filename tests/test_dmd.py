@@ -10,7 +10,7 @@ import torch
 
 from koopt import DivergentPredictionError, fit_dmd
 from koopt.core.rank import choose_rank
-from koopt.core.snapshots_space import local_gram
+from koopt.core.snapshots_space import gram_row, local_gram
 
 
 def stable_system(n: int, seed: int, radius: float = 0.95) -> np.ndarray:
@@ -261,8 +261,26 @@ def test_distributed_gram_reduction_matches_single_process():
     )
     full = fit_dmd(X, rank=4, affine=True)
     shards = [X[:150], X[150:]]
-    parts = [local_gram(shard, with_reference=False) for shard in shards]
+    parts = [local_gram(shard) for shard in shards]
     total = parts[0] + parts[1]
     fits = [fit_dmd(shard, rank=4, affine=True, reduce_gram=lambda _: total) for shard in shards]
     joined = torch.cat([fits[0].predict(7), fits[1].predict(7)])
     torch.testing.assert_close(joined, full.predict(7), atol=1e-10, rtol=0)
+
+
+def test_gram_kept_while_recording_equals_a_fresh_fit():
+    rng = np.random.default_rng(6)
+    X = torch.from_numpy(
+        rng.normal(size=(900, 4)) @ trajectory(stable_system(4, 6), rng.normal(size=4), 10)
+    )
+    gram = torch.zeros(10, 10, dtype=torch.float64)
+    for k in range(10):
+        row = gram_row(X[:, : k + 1])
+        gram[k, : k + 1] = row
+        gram[: k + 1, k] = row
+    torch.testing.assert_close(gram, local_gram(X), atol=1e-9, rtol=1e-12)
+    for affine in (False, True):
+        warm = fit_dmd(X, affine=affine, gram=gram).predict([3, 30])
+        torch.testing.assert_close(
+            warm, fit_dmd(X, affine=affine).predict([3, 30]), atol=1e-10, rtol=0
+        )

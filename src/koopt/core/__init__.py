@@ -3,5 +3,14 @@
 from koopt.core.batched import BatchedOperators, fit_operators
 from koopt.core.dmd import DMDModel, fit_dmd
 from koopt.core.errors import DivergentPredictionError
+from koopt.core.snapshots_space import gram_row, local_gram
 
-__all__ = ["BatchedOperators", "DMDModel", "DivergentPredictionError", "fit_dmd", "fit_operators"]
+__all__ = [
+    "BatchedOperators",
+    "DMDModel",
+    "DivergentPredictionError",
+    "fit_dmd",
+    "fit_operators",
+    "gram_row",
+    "local_gram",
+]

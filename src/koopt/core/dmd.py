@@ -213,6 +213,7 @@ def fit_dmd(
     delays: int = 1,
     affine: bool = False,
     stabilize: str = "none",
+    gram: Any = None,
     reduce_gram: GramReducer | None = None,
 ) -> DMDModel:
     """Fit exact DMD to snapshots ``X`` of shape (D, T) (column k: state after step k).
@@ -224,12 +225,16 @@ def fit_dmd(
         delays: number of consecutive snapshots stacked into one state (Hankel embedding).
         affine: fit w_{k+1} = A w_k + c (a constant term), else w_{k+1} = A w_k.
         stabilize: "none", "clip" (growing modes onto the unit circle) or "drop".
-        reduce_gram: sum of the T x T Gram matrix over shards (distributed fits).
+        gram: this process's (T, T) Gram matrix of [w_0, w_1 - w_0, ...] if already known
+            (``koopt.core.local_gram``, or kept up to date with ``gram_row`` while recording).
+        reduce_gram: sums the T x T Gram matrix over shards (distributed fits), e.g. an
+            all-reduce; each shard then predicts its own coordinates.
     """
     kind = ArrayKind.of(X)
     Xt = as_tensor(X)
     _validate(Xt, rank, delays, stabilize)
-    space = build_space(Xt, with_reference=not affine, reduce_gram=reduce_gram)
+    gram_t = None if gram is None else as_tensor(gram)
+    space = build_space(Xt, with_reference=not affine, gram=gram_t, reduce_gram=reduce_gram)
 
     H = hankel(space.coords, delays)
     Xs, Ys = H[:, :-1], H[:, 1:]

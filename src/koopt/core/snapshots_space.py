@@ -10,8 +10,9 @@ snapshots is O(T^2) plus one chunk; no D x D matrix and no SVD of the D x T matr
 Numerics: snapshots are centred on a reference (the first snapshot) in float64 chunk by chunk,
 so the tiny per-step movement of float32 weights is not drowned by their size.
 
-The Gram accumulation is a sum over coordinates, so shards of the coordinates can be reduced
-across processes with one all-reduce of a T x T matrix (``reduce_gram``).
+The Gram matrix is a sum over coordinates, so shards of the coordinates can be reduced across
+processes with one all-reduce of a T x T matrix (``reduce_gram``), and it can be kept up to
+date while recording (``gram_row``), one row per new snapshot.
 """
 
 from __future__ import annotations
@@ -55,34 +56,32 @@ class SnapshotSpace:
     to_basis: torch.Tensor  # (b, s): basis columns -> orthonormal directions
     direct: bool  # True: coordinates are the (centred) data themselves, no compression
 
-    def _snapshot_weights(self, beta: torch.Tensor) -> torch.Tensor:
-        """Basis coefficients (b, H) -> weights on the raw snapshots (T, H), so that
-        basis @ beta (+ the reference when centred) == X @ gamma."""
-        T = self.X.shape[1]
-        gamma = beta.new_zeros(T, beta.shape[1])
-        if self.with_reference:  # basis = [ref, w_1 - ref, ...]
-            gamma[1:] = beta[1:]
-            gamma[0] = beta[0] - beta[1:].sum(0)
-        else:  # basis = [w_1 - ref, ...], plus the reference itself
-            gamma[1:] = beta
-            gamma[0] = 1.0 - beta.sum(0)
-        return gamma
-
     def lift(self, c: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         """Map coordinates ``c`` (s,) or (s, H) to states (D,) or (D, H), adding the reference
-        when the coordinates are centred."""
+        when the coordinates are centred.
+
+        Computed as ref * beta_ref + (W - ref) beta chunk by chunk in the storage precision
+        (at least float32): centring first keeps the small movements exact.
+        """
         squeeze = c.ndim == 1
         c2 = c.unsqueeze(1) if squeeze else c
-        D = self.X.shape[0]
+        D, T = self.X.shape
         out = torch.empty(D, c2.shape[1], dtype=out_dtype, device=self.X.device)
         if self.direct:
             ref = self.X[:, :1].to(torch.float64)
-            full = c2 if self.with_reference else c2 + ref
-            out.copy_(full)
+            out.copy_(c2 if self.with_reference else c2 + ref)
         else:
-            gamma = self._snapshot_weights(self.to_basis @ c2)  # (T, H)
+            beta = self.to_basis @ c2  # (b, H) coefficients of the basis columns
+            if self.with_reference:  # basis = [ref, w_1 - ref, ...]
+                ref_coef, beta = beta[0], beta[1:]
+            else:  # basis = [w_1 - ref, ...]; the reference is added back
+                ref_coef = beta.new_ones(beta.shape[1])
+            work = torch.promote_types(self.X.dtype, torch.float32)
+            beta, ref_coef = beta.to(work), ref_coef.to(work)
             for start, stop in _chunks(D):
-                out[start:stop] = _rows64(self.X, start, stop).T @ gamma
+                rows = self.X[start:stop].T.to(work)  # (T, c), a view when already `work`
+                ref = rows[0]
+                out[start:stop] = torch.outer(ref, ref_coef) + (rows[1:] - ref).T @ beta
         return out[:, 0] if squeeze else out
 
 
@@ -98,60 +97,68 @@ def _check_finite_columns(sq_norms: torch.Tensor) -> None:
         )
 
 
-def local_gram(X: torch.Tensor, *, with_reference: bool) -> torch.Tensor:
-    """This process's share of the Gram matrix, packed as one float64 vector.
+def local_gram(X: torch.Tensor) -> torch.Tensor:
+    """This process's share of the (T, T) float64 Gram matrix of [ref, w_1 - ref, ...].
 
-    The first b*b entries are the Gram matrix of the basis columns (b = T with the reference,
-    T - 1 without), the last T the squared norm of the reference and of each centred snapshot
-    (to detect non-finite ones). Summing the vectors of all coordinate shards gives the full fit's.
+    ref is the first snapshot. Summing the matrices of all coordinate shards gives the full
+    Gram matrix; its diagonal (squared norms) flags non-finite snapshots.
     """
     D, T = X.shape
-    b = T if with_reference else T - 1
-    gram = torch.zeros(b, b, dtype=torch.float64, device=X.device)
-    raw_sq = torch.zeros(T, dtype=torch.float64, device=X.device)
+    gram = torch.zeros(T, T, dtype=torch.float64, device=X.device)
     for start, stop in _chunks(D):
         rows = _rows64(X, start, stop)  # (T, c)
-        ref = rows[0]
-        ref_sq = ref @ ref
-        rows[1:] -= ref
-        basis = rows if with_reference else rows[1:]
-        gram += basis @ basis.T
-        raw_sq[0] += ref_sq
-    # squared norms of the centred snapshots flag non-finite ones (the reference separately)
-    diag = gram.diagonal()
-    raw_sq[1:] = diag[1:] if with_reference else diag
-    return torch.cat([gram.flatten(), raw_sq])
+        rows[1:] -= rows[0]
+        gram += rows @ rows.T
+    return gram
+
+
+def gram_row(X: torch.Tensor) -> torch.Tensor:
+    """The last row of ``local_gram(X)`` for (D, k+1) snapshots, in one pass over them.
+
+    Lets a recorder keep the Gram matrix up to date as each snapshot arrives, so that a
+    later fit needs no pass over the buffer for it (pass ``gram=`` to ``fit_dmd``).
+    """
+    D, k1 = X.shape
+    row = torch.zeros(k1, dtype=torch.float64, device=X.device)
+    for start, stop in _chunks(D):
+        rows = _rows64(X, start, stop)
+        if k1 > 1:
+            rows[1:] -= rows[0]
+        row += rows @ rows[-1]
+    return row
 
 
 def build_space(
     X: torch.Tensor,
     *,
     with_reference: bool,
+    gram: torch.Tensor | None = None,
     reduce_gram: GramReducer | None = None,
 ) -> SnapshotSpace:
     """Compress the (D, T) snapshot matrix ``X`` to coordinates in its span.
 
     with_reference: keep the reference snapshot in the span (a purely linear model needs it);
     otherwise the coordinates are of the snapshots minus the reference (affine models).
-    reduce_gram: sums the packed vector of ``local_gram`` over shards (e.g. a torch.distributed
+    gram: this process's ``local_gram(X)`` if already known (kept up to date while recording).
+    reduce_gram: sums the (T, T) local Gram matrix over shards (e.g. a torch.distributed
     all-reduce); forces the snapshot (Gram) path.
     """
     D, T = X.shape
-    direct = reduce_gram is None and D <= T
-    if direct:
+    if gram is None and reduce_gram is None and D <= T:
         data = X.to(torch.float64)
         _check_finite_columns((data * data).sum(0))
         coords = data.clone() if with_reference else data - data[:, :1]
         eye = torch.eye(D, dtype=torch.float64, device=X.device)
         return SnapshotSpace(X, with_reference, coords, eye, True)
 
-    packed = local_gram(X, with_reference=with_reference)
+    full = local_gram(X) if gram is None else gram.to(torch.float64)
+    if full.shape != (T, T):
+        raise ValueError(f"gram must have shape ({T}, {T}); got {tuple(full.shape)}")
     if reduce_gram is not None:
-        packed = reduce_gram(packed)
+        full = reduce_gram(full.clone())
+    _check_finite_columns(full.diagonal())
     b = T if with_reference else T - 1
-    gram = packed[: b * b].reshape(b, b)
-    raw_sq = packed[b * b :]
-    _check_finite_columns(raw_sq)
+    K = full if with_reference else full[1:, 1:]
 
     # Coefficients of each snapshot in the basis columns.
     if with_reference:
@@ -161,11 +168,11 @@ def build_space(
         coeff = torch.zeros(b, T, dtype=torch.float64, device=X.device)
         coeff[:, 1:] = torch.eye(b, dtype=torch.float64, device=X.device)
 
-    evals, evecs = torch.linalg.eigh(gram) if b > 0 else (gram.new_zeros(0), gram)
+    evals, evecs = torch.linalg.eigh(K) if b > 0 else (K.new_zeros(0), K)
     top = float(evals.max()) if evals.numel() else 0.0
     keep = evals > top * max(T, 10) * 1e-14 if top > 0 else torch.zeros_like(evals, dtype=bool)
     lam, Q = evals[keep], evecs[:, keep]
     sqrt_lam = lam.sqrt()
     to_basis = Q / sqrt_lam  # E = basis @ Q diag(1/sqrt(lam)) is orthonormal
-    coords = (Q.T @ gram @ coeff) / sqrt_lam[:, None]  # E^T basis coeff
+    coords = (Q.T @ K @ coeff) / sqrt_lam[:, None]  # E^T basis coeff
     return SnapshotSpace(X, with_reference, coords, to_basis, False)
