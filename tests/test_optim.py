@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,8 +65,10 @@ class FakeFit:
         class Fitted:
             spectral_radius = 0.5
 
-            def predict(self, hs):
-                return torch.stack([make(last, h) for h in hs])
+            def predict(self, h):
+                if isinstance(h, int):
+                    return make(last, h)
+                return torch.stack([make(last, k) for k in h])
 
         return Fitted()
 
@@ -218,6 +223,17 @@ def test_frozen_lr0_and_gradless_params_are_not_recorded_and_untouched():
     for k, v in params.items():
         for before, p in zip(originals[k], v, strict=True):
             assert torch.equal(before, p), k
+
+
+def test_unfrozen_parameters_join_at_the_next_window():
+    model = mlp()
+    model[2].requires_grad_(False)  # the head starts frozen (fine-tuning style)
+    opt = wrapped(model)
+    X, y = data()
+    train(model, opt, 8, X, y)
+    model[2].requires_grad_(True)
+    train(model, opt, 12, X, y, start=8)
+    assert [(r["step"], r["n_params"]) for r in opt.log] == [(8, 40), (14, 40), (20, 49)]
 
 
 def test_tied_weights_recorded_once_moved_once_stay_tied():
@@ -490,6 +506,21 @@ def test_loading_into_a_changed_model_is_a_clear_error():
     other = KoopmanOptimizer(torch.optim.Adam(reshaped.parameters(), lr=1e-2), **FAST)
     with pytest.raises(ValueError, match=r"parameter 0 has shape \[8, 4\]"):
         other.load_state_dict(sd)
+
+
+def test_docs_example_runs_as_written():
+    text = (Path(__file__).parents[1] / "docs" / "optimizer.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert re.match(r"jumps: [1-9]\d* accepted, \d+ refused, \d+ steps skipped", out.stdout)
 
 
 # ---------------------------------------------------------------------------- small pieces

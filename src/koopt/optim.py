@@ -409,21 +409,21 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             "accepted": False,
             "reason": "",
             "spectral_radius": None,
-            "rank": None,
         }
         accepted_horizon = 0
         try:
             if not params:
                 record["reason"] = "no recorded parameters"
                 return
-            snapshots = torch.cat(cols, dim=1)
+            whole = len(groups) == 1 and len(params) == len(self._windows[groups[0]].params)
+            snapshots = self._windows[groups[0]].buffer.rows() if whole else torch.cat(cols, 1)
+            del cols
             layout = ParameterLayout([(self._param_name(p, index[id(p)]), p) for p in params])
             caught: list[warnings.WarningMessage] = []
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     fitted = fit_family(self.family, layout, snapshots, **self._fit_options())
-                    candidates = fitted.predict(list(self.horizon_snapshots))
             except (ValueError, RuntimeError, ArithmeticError) as err:
                 record["reason"] = f"fit failed: {type(err).__name__}: {err}"
                 return
@@ -431,12 +431,11 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                 if caught:
                     record["fit_warnings"] = [str(w.message) for w in caught]
             record["spectral_radius"] = _as_float(getattr(fitted, "spectral_radius", math.nan))
-            record["rank"] = getattr(fitted, "rank", None)
             record["fit_s"] = time.perf_counter() - t0
-            accepted_horizon = self._check_and_write(layout, params, candidates, record)
+            accepted_horizon = self._check_and_write(layout, params, fitted, record)
         finally:
             for gi in groups:
-                self._reopen(gi, moved=bool(record["accepted"]))
+                self._reopen(gi)
             if record["accepted"]:
                 self._accepted += 1
                 self._virtual_steps += accepted_horizon
@@ -446,21 +445,27 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             record["time_s"] = time.perf_counter() - t0
             self._emit(record)
 
+    def _predict(self, fitted: Any, k: int) -> torch.Tensor | None:
+        """Candidate ``k`` (one horizon at a time, to hold one extra copy of the weights)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cand = fitted.predict(self.horizon_snapshots[k])
+        except (ValueError, RuntimeError, ArithmeticError):  # e.g. DivergentPredictionError
+            return None
+        return cand if bool(torch.isfinite(cand).all()) else None
+
     def _check_and_write(
         self,
         layout: ParameterLayout,
         params: list[torch.Tensor],
-        candidates: torch.Tensor,
+        fitted: Any,
         record: dict[str, Any],
     ) -> int:
         """Write each finite candidate, evaluate it, keep the best one or restore exactly.
 
         Returns the accepted horizon in gradient steps (0 when refused).
         """
-        finite = [bool(torch.isfinite(c).all()) for c in candidates]
-        if not any(finite):
-            record["reason"] = "all candidates non-finite"
-            return 0
         saved = [p.detach().clone() for p in params]
         t_check = time.perf_counter()
         low_precision = any(p.dtype in _LOW_PRECISION for p in params)
@@ -474,26 +479,42 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                 )
 
         try:
-            if self.loss_fn is None:
-                best = max(k for k, ok in enumerate(finite) if ok)
+            if self.loss_fn is None:  # the paper's unchecked jump: the longest finite horizon
+                best, cand = -1, None
+                for k in reversed(range(len(self.horizon_snapshots))):
+                    cand = self._predict(fitted, k)
+                    if cand is not None:
+                        best = k
+                        break
+                if cand is None:
+                    record["reason"] = "all candidates non-finite"
+                    return 0
             else:
                 record["loss_before"] = self._eval_loss()
                 losses: list[float | None] = []
-                for cand, ok in zip(candidates, finite, strict=True):
-                    if not ok:
+                for k in range(len(self.horizon_snapshots)):
+                    cand = self._predict(fitted, k)
+                    if cand is None:
                         losses.append(None)
                         continue
                     write(cand)
+                    del cand
                     losses.append(self._eval_loss())
                 record["losses"] = losses
                 scored = [(v, k) for k, v in enumerate(losses) if v is not None]
+                if not scored:
+                    self._restore(params, saved)
+                    record["reason"] = "all candidates non-finite"
+                    return 0
                 best_loss, best = min(scored)
                 if not best_loss < record["loss_before"]:
                     self._restore(params, saved)
                     record["reason"] = "no candidate beats the current loss"
                     return 0
                 record["loss_after"] = best_loss
-            write(candidates[best])
+                cand = self._predict(fitted, best)
+                assert cand is not None
+            write(cand)
         except BaseException:
             self._restore(params, saved)
             raise
@@ -528,16 +549,18 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         for p, s in zip(params, saved, strict=True):
             p.copy_(s)
 
-    def _reopen(self, gi: int, *, moved: bool) -> None:
-        """Start the next window at the weights as they now stand (jumped or not)."""
-        win = self._windows.get(gi)
-        if win is None:
+    def _reopen(self, gi: int) -> None:
+        """Start the group's next window at the weights as they now stand (jumped or not).
+
+        The recorded parameters are chosen afresh, so parameters unfrozen (or given a
+        nonzero lr) since the last window join from here on.
+        """
+        self._windows.pop(gi, None)
+        if gi >= len(self.param_groups):
             return
-        if moved:
-            win.buffer.clear()
+        win = self._open_window(gi, self.param_groups[gi])
+        if win is not None:
             win.buffer.append(self._flatten(win.params, win.buffer))
-        else:
-            win.buffer.clear(keep_last=True)
 
     def _emit(self, record: dict[str, Any]) -> None:
         record = _json_safe(record)
