@@ -6,6 +6,7 @@ around that optimizer record a snapshot and jump (Dogra & Redman, NeurIPS 2020; 
 NeurIPS 2023). Snapshot tensors do not fit the JSON ``TrainerState``, so ``on_save`` writes
 the wrapper's state as ``koopt_state.pt`` into the checkpoint folder, and
 ``on_train_begin`` reads it back when the trainer resumes from that checkpoint.
+Needs transformers >= 4.42 (``on_optimizer_step``) and accelerate (the Trainer's own need).
 
     trainer = Trainer(..., callbacks=[KoopmanTrainerCallback(loss_fn=check_loss)])
 """
