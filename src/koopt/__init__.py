@@ -7,6 +7,7 @@ Implements Dogra & Redman, "Optimizing Neural Networks via Koopman Operator Theo
 from koopt.core import DivergentPredictionError, DMDModel, fit_dmd, fit_operators
 from koopt.families import FAMILIES, FittedFamily, fit_family
 from koopt.layout import ParameterLayout
+from koopt.optim import JumpPrecisionWarning, KoopmanOptimizer
 
 __version__ = "0.1.0"
 
@@ -15,6 +16,8 @@ __all__ = [
     "DMDModel",
     "DivergentPredictionError",
     "FittedFamily",
+    "JumpPrecisionWarning",
+    "KoopmanOptimizer",
     "ParameterLayout",
     "__version__",
     "fit_dmd",
