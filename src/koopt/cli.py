@@ -238,7 +238,7 @@ def _run_one(experiment: str, args: argparse.Namespace, out: Path, command: str,
             _partial_report(out)
             raise
     write_report(results, trace, out)
-    console.print(summary_table(results))
+    console.print(summary_table(results, width=console.width))
     console.print(f"results: {out / 'results.json'}; report: {out / 'report.md'}")
     return results
 

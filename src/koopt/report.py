@@ -74,7 +74,7 @@ def _method_keys(method: str) -> dict[str, str]:
     return keys
 
 
-def _rows(results: Mapping[str, Any], loss_spread: bool = True
+def _rows(results: Mapping[str, Any], loss_spread: bool = True, spread: bool = True
           ) -> tuple[list[str], list[list[str]]]:
     summary = results.get("summary", {})
     has_val = "val_loss_optimizer" in summary
@@ -87,12 +87,13 @@ def _rows(results: Mapping[str, Any], loss_spread: bool = True
         keys = _method_keys(method)
         if method == "koopman":
             label = f"Koopman jump ({results.get('config', {}).get('family', 'node')})"
-        rho = _med(summary, keys["rho"]) if "rho" in keys else "1 (reference)"
+        rho = _med(summary, keys["rho"], spread) if "rho" in keys else "1 (reference)"
         row = [label, _med(summary, keys["loss"], loss_spread), rho]
         if has_val:
             row += [_med(summary, keys["val"], loss_spread),
-                    _med(summary, keys["rho_val"]) if "rho_val" in keys else "1 (reference)"]
-        row.append(_med(summary, keys["e2g"]) if "e2g" in keys
+                    _med(summary, keys["rho_val"], spread) if "rho_val" in keys
+                    else "1 (reference)"]
+        row.append(_med(summary, keys["e2g"], spread) if "e2g" in keys
                    else ("1 (by definition)" if method == "no_jump" else "0 (reference)"))
         rows.append(row)
     return header, rows
@@ -321,8 +322,9 @@ def write_report(results: Mapping[str, Any], trace: Any, out_dir: Path) -> dict[
     return written
 
 
-def summary_table(results: Mapping[str, Any]) -> Any:
-    """A one-screen rich Table of the summary (median [min, max] over seeds)."""
+def summary_table(results: Mapping[str, Any], width: int | None = None) -> Any:
+    """A one-screen rich Table of the summary (median [min, max] over seeds); on a console
+    narrower than the table needs, medians only (the spreads stay in report.md)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -332,11 +334,22 @@ def summary_table(results: Mapping[str, Any]) -> Any:
                         f"t1={cfg.get('t1')} window={cfg.get('window')} T={cfg.get('horizon')}"
                         f", {cfg.get('optimizer')}",
                   caption=escape(_timing_line(results)), caption_justify="left")
-    header, rows = _rows(results, loss_spread=False)
+    has_val = "val_loss_optimizer" in results.get("summary", {})
+    spread = width is None or width >= (118 if has_val else 80) or n < 2
+    header, rows = _rows(results, loss_spread=False, spread=spread)
+    if not spread:
+        table.title += " (medians; spreads in report.md)"
+    short = {"Koopman jump": "Koopman", "optimizer, T more steps": "optimizer +T",
+             "no jump: stay at w(t2)": "no jump", "window mean (averaging)": "window mean",
+             "linear extrapolation": "linear extrap."}
     for i, h in enumerate(header):
-        if h.endswith("loss at t2+T"):
-            h = h.replace("loss at t2+T", "loss (median)")
-        table.add_column(escape(h), justify="left" if i == 0 else "right", no_wrap=i == 0)
+        h = h.replace(" at t2+T", "")
+        table.add_column(escape(h), justify="left" if i == 0 else "right", no_wrap=True)
     for r in rows:
-        table.add_row(*[escape(c) for c in r])
+        label = r[0]
+        for long, brief in short.items():
+            label = label.replace(long, brief)
+        cells = [c.split(" (")[0] if c.endswith(("(reference)", "(by definition)")) else c
+                 for c in r[1:]]
+        table.add_row(escape(label), *[escape(c) for c in cells])
     return table
