@@ -112,6 +112,17 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _family_text(cfg: Mapping[str, Any]) -> str:
+    fam = cfg.get("family", "node")
+    opts = cfg.get("family_options") or {}
+    text = f"{fam} operators"
+    if fam in ("single_weight", "quasi_node", "node") and not opts.get("affine"):
+        text += " U = F' pinv(F) (the seed's least squares)"
+    if opts:
+        text += " (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")"
+    return text
+
+
 def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None = None) -> str:
     """The report: command, configuration, summary over seeds, timings, every seed."""
     cfg = results.get("config", {})
@@ -127,8 +138,8 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None 
     out += [
         f"Setup: {cfg.get('model', '')}; optimizer {cfg.get('optimizer')} (lr "
         f"{fmt(cfg.get('lr'))}); record every step from t1 = {cfg.get('t1')} to t2 = "
-        f"{cfg.get('t2')} (window {cfg.get('window')}); {cfg.get('family')} operators "
-        f"U = F' pinv(F); jump T = {cfg.get('horizon')} steps in one shot; the optimizer "
+        f"{cfg.get('t2')} (window {cfg.get('window')}); {_family_text(cfg)}; jump T = "
+        f"{cfg.get('horizon')} steps in one shot; the optimizer "
         f"continues from t2 to t2 + T for comparison.", "",
         f"## Summary: median [min, max] over {n} seed{'s' if n != 1 else ''}", "",
     ]
