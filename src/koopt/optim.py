@@ -2,8 +2,9 @@
 
 Dogra & Redman, "Optimizing Neural Networks via Koopman Operator Theory" (NeurIPS 2020)
 fit linear (Koopman/DMD) operators to recorded weights and jump many steps ahead in one
-shot. They use no accept rule; QuACK (Redman et al., NeurIPS 2023) showed that checking
-the loss at several candidate horizons and keeping the best is what makes jumps pay off.
+shot. They use no accept rule; QuACK (Luo, Shen, Dangovski, Soljacic, NeurIPS 2023) showed
+that checking the loss at several candidate horizons and keeping the best is what makes
+jumps pay off.
 This wrapper does that around any ``torch.optim`` optimizer, following the conventions of
 Lookahead (Zhang et al., NeurIPS 2019; timm and optax ``lookahead``) and SWA
 (``torch.optim.swa_utils``):
@@ -16,7 +17,10 @@ Lookahead (Zhang et al., NeurIPS 2019; timm and optax ``lookahead``) and SWA
   ``window`` snapshots an operator family is fitted (``koopt.families.fit_family``,
   default: affine low-rank whole-network DMD) and each candidate horizon is written in
   place and checked with ``loss_fn``; the best candidate is kept if it beats the current
-  loss, otherwise the weights are restored bit for bit.
+  loss, otherwise the weights are restored bit for bit;
+- the candidate horizons follow the outcome of the checks (``koopt.control``): longer
+  after a jump that kept the longest candidate, shorter after refusals, and fits are
+  skipped after refusals in a row.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from koopt.control import HorizonController
 from koopt.families import fit_family
 from koopt.layout import ParameterLayout
 from koopt.snapshots import SnapshotBuffer, SnapshotSchedule, default_storage_dtype
@@ -112,7 +117,12 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         rank, delays, affine, stabilize: core DMD options (rank/delays only for "layer"
             and "network"); ``stabilize="clip"`` clips eigenvalues to the unit disk.
         horizons: candidate jump lengths in gradient steps (rounded to multiples of
-            ``stride``); each is written and checked with ``loss_fn``.
+            ``stride``) at the start; each is written and checked with ``loss_fn``.
+        adaptive: tune the candidate horizons and skip fits online from the checks'
+            outcomes (``koopt.control.HorizonController``); needs ``loss_fn``. False keeps
+            ``horizons`` fixed.
+        controller_options: keyword arguments for ``HorizonController`` (grow, shrink,
+            min_scale, max_scale, refusals_to_skip, max_skip).
         loss_fn: ``loss_fn() -> float`` evaluated under ``no_grad`` on the model as it
             stands (use a fixed training subset, never validation data). ``None``: the
             paper's unchecked jump to the longest horizon (only non-finite ones refused).
@@ -149,6 +159,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         stabilize: str = "clip",
         horizons: Sequence[int] = (20, 50, 100, 200, 400),
         loss_fn: Callable[[], Any] | None = None,
+        adaptive: bool = True,
+        controller_options: Mapping[str, Any] | None = None,
         state_policy: str = "keep",
         bn_recalibrate: Callable[[], Any] | None = None,
         scheduler: Any | None = None,
@@ -199,7 +211,10 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self.delays = int(delays)
         self.affine = bool(affine)
         self.stabilize = stabilize
-        self.horizon_snapshots = sorted({max(1, round(h / self.schedule.stride)) for h in horizons})
+        base = sorted({max(1, round(h / self.schedule.stride)) for h in horizons})
+        self.controller = HorizonController(
+            base, adaptive=adaptive and loss_fn is not None, **dict(controller_options or {})
+        )
         self.loss_fn = loss_fn
         self.state_policy = state_policy
         self.bn_recalibrate = bn_recalibrate
@@ -260,8 +275,13 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         )
 
     @property
+    def horizon_snapshots(self) -> list[int]:
+        """The current candidate horizons in snapshots (``koopt.control`` moves them)."""
+        return self.controller.candidates()
+
+    @property
     def horizons(self) -> list[int]:
-        """Candidate horizons in gradient steps (multiples of ``stride``)."""
+        """The current candidate horizons in gradient steps (multiples of ``stride``)."""
         return [h * self.schedule.stride for h in self.horizon_snapshots]
 
     @property
@@ -320,7 +340,11 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             if win.buffer.full:
                 ready.append(gi)
         if ready:
-            self._jump(ready)
+            if self.controller.should_fit():
+                self._jump(ready)
+            else:  # recent jumps were refused: start the next window without fitting
+                for gi in ready:
+                    self._reopen(gi)
 
     def _is_recorded(self, group: dict[str, Any], p: torch.Tensor) -> bool:
         """Trainable, in a group with lr != 0, and touched by the optimizer (grad or state)."""
@@ -373,6 +397,14 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         opts.update(self.family_options)
         return opts
 
+    def _fit(self, layout: ParameterLayout, snapshots: torch.Tensor) -> Any:
+        """The one place an operator is fitted: ``fit_family`` on (T, N) ``snapshots``.
+
+        Kept single so that a distributed fit (a ``reduce_gram`` all-reduce) can be
+        threaded through it.
+        """
+        return fit_family(self.family, layout, snapshots, **self._fit_options())
+
     def _eval_loss(self) -> float:
         assert self.loss_fn is not None
         with torch.no_grad():
@@ -382,6 +414,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
     def _jump(self, groups: list[int]) -> None:
         """Fit the full windows of ``groups`` jointly, check the candidates, keep or restore."""
         t0 = time.perf_counter()
+        candidates = self.horizon_snapshots  # fixed for this check
         index = self._param_indices()
         params: list[torch.Tensor] = []
         cols: list[torch.Tensor] = []
@@ -402,8 +435,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             "n_params": sum(p.numel() for p in params),
             "snapshots": self.window,
             "family": self.family,
-            "horizons": self.horizons,
-            "losses": [None] * len(self.horizon_snapshots),
+            "horizons": [h * self.schedule.stride for h in candidates],
+            "losses": [None] * len(candidates),
             "loss_before": None,
             "chosen": None,
             "accepted": False,
@@ -423,7 +456,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    fitted = fit_family(self.family, layout, snapshots, **self._fit_options())
+                    fitted = self._fit(layout, snapshots)
             except (ValueError, RuntimeError, ArithmeticError) as err:
                 record["reason"] = f"fit failed: {type(err).__name__}: {err}"
                 return
@@ -432,7 +465,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     record["fit_warnings"] = [str(w.message) for w in caught]
             record["spectral_radius"] = _as_float(getattr(fitted, "spectral_radius", math.nan))
             record["fit_s"] = time.perf_counter() - t0
-            accepted_horizon = self._check_and_write(layout, params, fitted, record)
+            accepted_horizon = self._check_and_write(layout, params, fitted, candidates, record)
         finally:
             for gi in groups:
                 self._reopen(gi)
@@ -441,16 +474,18 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                 self._virtual_steps += accepted_horizon
             else:
                 self._refused += 1
+            chosen = record["horizons"].index(accepted_horizon) if record["accepted"] else None
+            self.controller.update(bool(record["accepted"]), chosen, len(candidates))
             record["virtual_steps"] = self._virtual_steps
             record["time_s"] = time.perf_counter() - t0
             self._emit(record)
 
-    def _predict(self, fitted: Any, k: int) -> torch.Tensor | None:
-        """Candidate ``k`` (one horizon at a time, to hold one extra copy of the weights)."""
+    def _predict(self, fitted: Any, h: int) -> torch.Tensor | None:
+        """The weights ``h`` snapshots ahead (one candidate at a time: one extra copy)."""
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cand = fitted.predict(self.horizon_snapshots[k])
+                cand = fitted.predict(h)
         except (ValueError, RuntimeError, ArithmeticError):  # e.g. DivergentPredictionError
             return None
         return cand if bool(torch.isfinite(cand).all()) else None
@@ -460,6 +495,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         layout: ParameterLayout,
         params: list[torch.Tensor],
         fitted: Any,
+        candidates: list[int],
         record: dict[str, Any],
     ) -> int:
         """Write each finite candidate, evaluate it, keep the best one or restore exactly.
@@ -481,8 +517,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         try:
             if self.loss_fn is None:  # the paper's unchecked jump: the longest finite horizon
                 best, cand = -1, None
-                for k in reversed(range(len(self.horizon_snapshots))):
-                    cand = self._predict(fitted, k)
+                for k in reversed(range(len(candidates))):
+                    cand = self._predict(fitted, candidates[k])
                     if cand is not None:
                         best = k
                         break
@@ -492,8 +528,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             else:
                 record["loss_before"] = self._eval_loss()
                 losses: list[float | None] = []
-                for k in range(len(self.horizon_snapshots)):
-                    cand = self._predict(fitted, k)
+                for k in range(len(candidates)):
+                    cand = self._predict(fitted, candidates[k])
                     if cand is None:
                         losses.append(None)
                         continue
@@ -512,7 +548,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     record["reason"] = "no candidate beats the current loss"
                     return 0
                 record["loss_after"] = best_loss
-                cand = self._predict(fitted, best)
+                cand = self._predict(fitted, candidates[best])
                 assert cand is not None
             write(cand)
         except BaseException:
@@ -530,7 +566,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     stacklevel=5,
                 )
 
-        horizon = self.horizons[best]
+        horizon = candidates[best] * self.schedule.stride
         record.update(chosen=horizon, accepted=True, reason="accepted")
         if self.state_policy == "reset":
             for p in params:
@@ -599,6 +635,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             "refused": self._refused,
             "param_shapes": self._param_shapes(),
             "windows": windows,
+            "controller": self.controller.state_dict(),
             "log": [dict(r) for r in self.log],
         }
 
@@ -648,6 +685,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self._virtual_steps = int(state["virtual_steps"])
         self._accepted = int(state["accepted"])
         self._refused = int(state["refused"])
+        if "controller" in state:
+            self.controller.load_state_dict(state["controller"])
         self.log = [dict(r) for r in state.get("log", [])]
 
     def state_dict(self) -> dict[str, Any]:

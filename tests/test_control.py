@@ -1,0 +1,178 @@
+"""HorizonController and its use by KoopmanOptimizer: grids move with the checks' outcomes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import koopt.optim as koptim
+from koopt.control import HorizonController
+from koopt.optim import KoopmanOptimizer
+
+
+def test_grid_grows_after_longest_shrinks_after_shortest_and_refusals():
+    c = HorizonController([2, 5, 10])
+    assert c.candidates() == [2, 5, 10]
+    c.update(True, 2, 3)  # the longest won: double
+    assert c.scale == 2.0 and c.candidates() == [4, 10, 20]
+    c.update(True, 1, 3)  # a middle one won: stay
+    assert c.candidates() == [4, 10, 20]
+    c.update(True, 0, 3)  # the shortest won: stay
+    assert c.candidates() == [4, 10, 20]
+    c.update(False, None, 3)  # refused: halve
+    assert c.scale == 1.0 and c.candidates() == [2, 5, 10]
+    c.update(False, None, 3)
+    assert c.scale == 0.5 and c.candidates() == [1, 2, 5]
+    for _ in range(5):
+        c.update(False, None, 3)
+    assert c.scale == c.min_scale == 0.25 and c.candidates() == [1, 2]  # 0.5, 1.25, 2.5
+    for _ in range(20):
+        c.update(True, 2, 3)
+    assert c.scale == c.max_scale == 64.0
+
+
+def test_refusals_in_a_row_skip_fits_doubling_up_to_max_skip():
+    c = HorizonController([1, 2], refusals_to_skip=2, max_skip=4)
+    pattern = []
+    for _ in range(6):  # six fits, all refused
+        while not c.should_fit():
+            pattern.append("skip")
+        pattern.append("fit")
+        c.update(False, None, 2)
+    # refusal 2 -> skip 1, refusal 3 -> skip 2, refusal 4 -> skip 4, then capped at 4
+    assert pattern == ["fit", "fit", "skip", "fit", "skip", "skip", "fit"] + ["skip"] * 4 + [
+        "fit"
+    ] + ["skip"] * 4 + ["fit"]
+    assert c.skipped == 1 + 2 + 4 + 4
+    c.update(True, 0, 2)  # an accept ends the skipping
+    assert c.refusals_in_a_row == 0 and c.should_fit()
+
+
+def test_fixed_grid_and_state_round_trip():
+    fixed = HorizonController([3, 6], adaptive=False)
+    for _ in range(4):
+        fixed.update(False, None, 2)
+        assert fixed.should_fit()
+    assert fixed.candidates() == [3, 6]
+    c = HorizonController([3, 6])
+    c.update(True, 1, 2)
+    c.update(False, None, 2)
+    d = HorizonController([3, 6])
+    d.load_state_dict(c.state_dict())
+    assert d.state_dict() == c.state_dict() and d.candidates() == c.candidates()
+    with pytest.raises(ValueError):
+        d.load_state_dict({**c.state_dict(), "scale": -1.0})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"base": []}, {"base": [0, 2]}, {"grow": 1.0}, {"shrink": 1.5}, {"min_scale": 2.0},
+     {"max_skip": -1}],
+)
+def test_bad_controller_options_are_rejected(bad):
+    kwargs = {"base": [1, 2], **bad}
+    base = kwargs.pop("base")
+    with pytest.raises(ValueError):
+        HorizonController(base, **kwargs)
+
+
+# ---------------------------------------------------------------- inside KoopmanOptimizer
+class LinearFit:
+    """Stands in for fit_family: candidate h = last snapshot + h * (a fixed direction)."""
+
+    def __init__(self, direction: torch.Tensor):
+        self.direction = direction
+        self.calls = 0
+
+    def __call__(self, name, layout, snapshots, **options):
+        self.calls += 1
+        last, d = snapshots[-1].clone(), self.direction
+
+        class Fitted:
+            spectral_radius = 1.0
+
+            def predict(self, h):
+                return last + h * d
+
+        return Fitted()
+
+
+def toy(target: float):
+    """One weight w, check loss (w - target)^2; training moves it by -1e-3 per step."""
+    w = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    loss = lambda: (w - target).square().sum()  # noqa: E731
+    return w, loss
+
+
+def train(opt, w, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        w.sum().backward()  # gradient 1: SGD at lr 1e-3 moves w by -1e-3 per step
+        opt.step()
+
+
+def test_horizons_grow_while_the_longest_candidate_keeps_winning(monkeypatch):
+    fake = LinearFit(torch.tensor([-1e-3], dtype=torch.float64))
+    monkeypatch.setattr(koptim, "fit_family", fake)
+    w, loss = toy(target=-100.0)  # far away: every jump wants to be as long as possible
+    opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                           horizons=(1, 2, 4), loss_fn=loss)
+    train(opt, w, 1 + 2 * 4)  # 4 windows of 3 snapshots (the last of one starts the next)
+    assert [r["horizons"] for r in opt.log] == [[1, 2, 4], [2, 4, 8], [4, 8, 16], [8, 16, 32]]
+    assert all(r["accepted"] and r["chosen"] == r["horizons"][-1] for r in opt.log)
+    assert opt.virtual_steps == 4 + 8 + 16 + 32
+    assert w.item() == pytest.approx(-1e-3 * (9 + 60))  # 9 gradient steps + 60 jumped
+
+
+def test_refusals_shrink_then_skip_fits_and_state_dict_keeps_the_controller(monkeypatch):
+    fake = LinearFit(torch.tensor([1.0], dtype=torch.float64))
+    monkeypatch.setattr(koptim, "fit_family", fake)
+    w, loss = toy(target=-1.0)  # every candidate moves away from the target: refused
+    opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                           horizons=(4, 8), loss_fn=loss)
+    train(opt, w, 1 + 2 * 6)  # six full windows
+    # fits at windows 1, 2, 3 (refusals 1..3), window 4 skipped (3 in a row), fit 5, skip 6
+    assert fake.calls == 4 and opt.num_refused == 4 and opt.controller.skipped == 2
+    assert [r["horizons"] for r in opt.log] == [[4, 8], [2, 4], [1, 2], [1, 2]]
+    assert w.item() == pytest.approx(-13e-3)  # restored every time: only the 13 steps
+    state = opt.state_dict()["koopman"]["controller"]
+    assert state["scale"] == 0.25 and state["refusals_in_a_row"] == 4
+    other = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                             horizons=(4, 8), loss_fn=loss)
+    other.load_state_dict(opt.state_dict())
+    assert other.controller.state_dict() == opt.controller.state_dict()
+
+
+def test_adaptive_false_and_unchecked_jumps_keep_the_grid(monkeypatch):
+    monkeypatch.setattr(koptim, "fit_family", LinearFit(torch.tensor([-1e-3], dtype=torch.float64)))
+    for check in (True, False):
+        w, loss = toy(target=-100.0)
+        kwargs = {"adaptive": False, "loss_fn": loss} if check else {"loss_fn": None}
+        opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                               horizons=(1, 2), **kwargs)
+        train(opt, w, 7)
+        assert [r["horizons"] for r in opt.log] == [[1, 2]] * 3
+
+
+def test_real_training_with_the_controller_still_restores_or_improves():
+    torch.manual_seed(0)
+    X = torch.randn(256, 4)
+    y = torch.sin(X @ torch.tensor([[1.0], [-0.5], [0.3], [0.8]]))
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    check = lambda: F.mse_loss(model(X[:128]), y[:128])  # noqa: E731
+    opt = KoopmanOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), warmup=10, stride=2,
+                           window=5, horizons=(4, 8, 16), loss_fn=check)
+    for i in range(200):
+        idx = torch.arange(i % 4 * 64, i % 4 * 64 + 64)
+        opt.zero_grad()
+        F.mse_loss(model(X[idx]), y[idx]).backward()
+        opt.step()
+    assert opt.log and all(
+        (r["loss_after"] < r["loss_before"]) if r["accepted"] else r.get("loss_after") is None
+        for r in opt.log
+    )
+    # every fit's grid is the base grid scaled by a power of two, in snapshots
+    for r in opt.log:
+        assert len(r["horizons"]) >= 1 and all(h % 2 == 0 for h in r["horizons"])
