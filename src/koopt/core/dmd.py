@@ -140,8 +140,8 @@ class DMDModel:
                 raise ValueError(f"horizons must be non-negative integers, got {x!r}")
         horizons = [int(x) for x in horizons]
         coords = self._coords(horizons)
-        states = self._lift_checked(coords, horizons)  # (D, H)
-        result = states[:, 0] if single else states.T.contiguous()
+        states = self._lift_checked(coords, horizons)  # (H, D)
+        result = states[0] if single else states
         return self._kind.output(result)
 
     def fixed_point(self, tol: float = 1e-6) -> Any:
@@ -174,7 +174,7 @@ class DMDModel:
                 z = z + torch.where(decaying, bc / (1 - lam), torch.zeros_like(bc))
             v = v + self._B @ (W @ z).real
         coords = v[-s:].unsqueeze(1)
-        return self._kind.output(self._lift_checked(coords, [-1])[:, 0])
+        return self._kind.output(self._lift_checked(coords, [-1])[0])
 
     def __repr__(self) -> str:
         return (

@@ -57,32 +57,34 @@ class SnapshotSpace:
     direct: bool  # True: coordinates are the (centred) data themselves, no compression
 
     def lift(self, c: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """Map coordinates ``c`` (s,) or (s, H) to states (D,) or (D, H), adding the reference
-        when the coordinates are centred.
+        """Map coordinates ``c`` (s, H) to states (H, D), adding the reference when the
+        coordinates are centred.
 
-        Computed as ref * beta_ref + (W - ref) beta chunk by chunk in the storage precision
+        Computed as ref * beta_ref + beta^T (W - ref) chunk by chunk in the storage precision
         (at least float32): centring first keeps the small movements exact.
         """
-        squeeze = c.ndim == 1
-        c2 = c.unsqueeze(1) if squeeze else c
         D, T = self.X.shape
-        out = torch.empty(D, c2.shape[1], dtype=out_dtype, device=self.X.device)
+        H = c.shape[1]
+        out = torch.empty(H, D, dtype=out_dtype, device=self.X.device)
         if self.direct:
             ref = self.X[:, :1].to(torch.float64)
-            out.copy_(c2 if self.with_reference else c2 + ref)
-        else:
-            beta = self.to_basis @ c2  # (b, H) coefficients of the basis columns
-            if self.with_reference:  # basis = [ref, w_1 - ref, ...]
-                ref_coef, beta = beta[0], beta[1:]
-            else:  # basis = [w_1 - ref, ...]; the reference is added back
-                ref_coef = beta.new_ones(beta.shape[1])
-            work = torch.promote_types(self.X.dtype, torch.float32)
-            beta, ref_coef = beta.to(work), ref_coef.to(work)
-            for start, stop in _chunks(D):
-                rows = self.X[start:stop].T.to(work)  # (T, c), a view when already `work`
-                ref = rows[0]
-                out[start:stop] = torch.outer(ref, ref_coef) + (rows[1:] - ref).T @ beta
-        return out[:, 0] if squeeze else out
+            out.copy_((c if self.with_reference else c + ref).T)
+            return out
+        beta = self.to_basis @ c  # (b, H) coefficients of the basis columns
+        if self.with_reference:  # basis = [ref, w_1 - ref, ...]
+            ref_coef, beta = beta[0], beta[1:]
+        else:  # basis = [w_1 - ref, ...]; the reference is added back
+            ref_coef = beta.new_ones(H)
+        work = torch.promote_types(self.X.dtype, torch.float32)
+        beta_t, ref_coef = beta.T.to(work).contiguous(), ref_coef.to(work)[:, None]
+        for start, stop in _chunks(D):
+            rows = self.X[start:stop].T  # (T, c), a view of the buffer
+            if rows.dtype != work:
+                rows = rows.to(work)
+            ref = rows[0]
+            block = torch.mm(beta_t, rows[1:] - ref)  # (H, c)
+            out[:, start:stop] = block.addcmul_(ref_coef, ref)
+        return out
 
 
 def _check_finite_columns(sq_norms: torch.Tensor) -> None:
