@@ -82,12 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--quick", action="store_true",
                      help="small sizes: both experiments in about two minutes on 2 CPU cores")
     rep.add_argument("--seeds", type=_int_at_least(1, "--seeds"), metavar="N",
-                     help="number of networks (seeds 0..N-1); default 25 (5 on real MNIST)")
-    rep.add_argument("--t1", type=_int_at_least(0, "--t1"), help="first recorded step")
+                     help="number of networks (seeds 0..N-1); default 25, 5 on real MNIST "
+                          "(--quick: 3 hnn, 5 digits, 2 MNIST)")
+    rep.add_argument("--t1", type=_int_at_least(0, "--t1"),
+                     help="first recorded step (default: hnn 35000 as in the paper, digits 690, "
+                          "MNIST 2814 = 3 epochs; --quick: hnn 5000)")
     rep.add_argument("--window", type=_int_at_least(2, "--window"),
-                     help="recorded steps t2 - t1 (at least 2)")
+                     help="recorded steps t2 - t1, at least 2 (default: hnn 10000, digits 460, "
+                          "MNIST 938 = 1 epoch)")
     rep.add_argument("--horizon", type=_int_at_least(1, "--horizon"), metavar="T",
-                     help="steps to jump (at least 1)")
+                     help="steps to jump, at least 1 (default: hnn 2500, digits 115, MNIST 235)")
     rep.add_argument("--optimizer", choices=OPTIMIZERS, default="adadelta")
     rep.add_argument("--lr", type=_positive_float,
                      help="learning rate (default: adadelta 1.0; adam 8e-3 for hnn, 1e-3 for "
