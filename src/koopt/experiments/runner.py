@@ -51,6 +51,7 @@ class CycleConfig:
     family: str = "node"
     family_options: dict[str, Any] = field(default_factory=dict)
     checkpoints: int = 40  # evaluation points along each path (plots, valid horizon)
+    path_budget_s: float = 10.0  # time allowed for the Koopman path (thinned if jumps are slow)
 
     @property
     def t2(self) -> int:
@@ -92,10 +93,23 @@ class SeedTrace:
 
 def _checkpoints(n: int, k: int) -> list[int]:
     """About k evenly spaced integers in 1..n, always including n."""
-    pts = sorted({max(1, round(n * (i + 1) / k)) for i in range(min(k, n))})
+    m = max(1, min(k, n))
+    pts = sorted({max(1, round(n * (i + 1) / m)) for i in range(m)})
     if pts[-1] != n:
         pts.append(n)
     return pts
+
+
+def _thin(horizons: list[int], time_jump: float, budget_s: float) -> list[int]:
+    """The Koopman-path horizons: all of them when one jump is cheap, else an evenly spread
+    subset (always ending at T) that fits ``budget_s`` (at least 4 points)."""
+    if time_jump <= 0 or time_jump * len(horizons) <= budget_s:
+        return horizons
+    k = max(4, int(budget_s / time_jump))
+    if k >= len(horizons):
+        return horizons
+    picks = sorted({horizons[round(i * (len(horizons) - 1) / (k - 1))] for i in range(k)})
+    return picks
 
 
 def _train(task: Task, n: int, losses: torch.Tensor, offset: int,
@@ -111,12 +125,18 @@ def _train(task: Task, n: int, losses: torch.Tensor, offset: int,
             advance(m)
 
 
-def _eval_at(task: Task, layout: ParameterLayout, w: torch.Tensor) -> dict[str, float]:
-    """Evaluate the task with the weights set to ``w``; inf losses if w is not finite."""
-    if not bool(torch.isfinite(w).all()):
-        return {"train": math.inf, "val": math.inf}
+def _eval_at(task: Task, layout: ParameterLayout, w: torch.Tensor | None
+             ) -> dict[str, float]:
+    """Evaluate the task with the weights set to ``w``; {} if w is missing or not finite."""
+    if w is None or not bool(torch.isfinite(w).all()):
+        return {}
     layout.write_(w)
     return task.evaluate()
+
+
+def _failed(like: dict[str, float]) -> dict[str, float]:
+    """The evaluation of a diverged prediction: infinite losses, no accuracy."""
+    return {k: (math.nan if "acc" in k else math.inf) for k in like}
 
 
 def _safe_predict(fam: Any, h: int | list[int]) -> torch.Tensor | None:
@@ -168,19 +188,24 @@ def run_seed(task: Task, cfg: CycleConfig, seed: int, *, advance: ProgressFn | N
         "window_mean": snaps.mean(0),
         "linear": w_t2 + T * (w_t2 - snaps[0]) / cfg.window,
     }
-    ev: dict[str, dict[str, float]] = {}
-    for name, w in candidates.items():
-        ev[name] = _eval_at(task, layout, w) if w is not None else {"train": math.inf,
-                                                                     "val": math.inf}
+    ev = {name: _eval_at(task, layout, w) for name, w in candidates.items()}
+    for name in candidates:
+        ev[name] = ev[name] or _failed(ev["no_jump"])
 
     # Koopman path at the checkpoints (evaluation only; not timed)
     horizons = _checkpoints(T, cfg.checkpoints)
-    path = _safe_predict(fam, horizons)
+    koop_h = _thin(horizons, time_jump, cfg.path_budget_s)
+    path = _safe_predict(fam, koop_h[:-1]) if len(koop_h) > 1 else None
     koop_eval: dict[str, list[float]] = {}
-    for i in range(len(horizons)):
-        e = _eval_at(task, layout, path[i]) if path is not None else {"train": math.nan}
-        for k, v in e.items():
-            koop_eval.setdefault(k, []).append(v)
+    for i in range(len(koop_h)):
+        if i == len(koop_h) - 1:
+            e = ev["koopman"]  # the jump itself: already evaluated
+        elif path is not None:
+            e = _eval_at(task, layout, path[i]) or _failed(ev["no_jump"])
+        else:
+            e = {}
+        for k in ev["no_jump"]:  # the same keys on every point, nan where not finite
+            koop_eval.setdefault(k, []).append(e.get(k, math.nan))
 
     # 4. the optimizer from t2 to t2 + T (timed), keeping the weights at the checkpoints
     layout.write_(w_t2.to(snaps.dtype))
@@ -201,7 +226,7 @@ def run_seed(task: Task, cfg: CycleConfig, seed: int, *, advance: ProgressFn | N
     opt_eval: dict[str, list[float]] = {}
     window_rows = _checkpoints(cfg.window, cfg.checkpoints // 2)
     for w in [snaps[r] for r in [0, *window_rows]] + kept:
-        for k, v in _eval_at(task, layout, w).items():
+        for k, v in (_eval_at(task, layout, w) or _failed(ev["no_jump"])).items():
             opt_eval.setdefault(k, []).append(v)
     layout.write_(w_true)  # leave the model where the optimizer got it
 
@@ -235,9 +260,9 @@ def run_seed(task: Task, cfg: CycleConfig, seed: int, *, advance: ProgressFn | N
     rec["time_jump"] = time_jump
     rec["window_speedup"] = metrics.window_speedup(time_opt, time_fit, time_jump)
     opt_at = dict(zip(horizons, opt_eval["train"][-len(horizons):], strict=True))
-    rhos = [metrics.loss_ratio(v, opt_at[h]) for h, v in zip(horizons, koop_eval["train"],
+    rhos = [metrics.loss_ratio(v, opt_at[h]) for h, v in zip(koop_h, koop_eval["train"],
                                                              strict=True)]
-    rec["valid_horizon"] = metrics.valid_horizon(horizons, rhos)
+    rec["valid_horizon"] = metrics.valid_horizon(koop_h, rhos)
     for b in BASELINES:
         rec[f"loss_{b}"] = ev[b]["train"]
         rec[f"rho_{b}"] = metrics.loss_ratio(ev[b]["train"], opt["train"])
@@ -253,7 +278,7 @@ def run_seed(task: Task, cfg: CycleConfig, seed: int, *, advance: ProgressFn | N
         trace = SeedTrace(
             seed=seed, t1=t1, t2=t2, horizon=T, step_losses=losses.numpy().copy(),
             opt_steps=opt_steps, opt_eval={k: np.array(v) for k, v in opt_eval.items()},
-            koop_steps=np.array([t2 + h for h in horizons]),
+            koop_steps=np.array([t2 + h for h in koop_h]),
             koop_eval={k: np.array(v) for k, v in koop_eval.items()},
             final={k: dict(v) for k, v in ev.items()},
             jump_error=(metrics.jump_errors(w_hat, w_true) if not diverged
