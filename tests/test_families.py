@@ -177,3 +177,14 @@ def test_conv_nodes_are_output_channels():
     layout = ParameterLayout.from_module(conv)
     (group,) = layout.node_index()
     assert tuple(group.shape) == (3, 2 * 9 + 1)
+
+
+def test_batched_predict_many_horizons_in_any_order_equals_matrix_powers():
+    rng = np.random.default_rng(9)
+    F = torch.tensor(rng.normal(size=(4, 3, 12)))
+    ops = fit_operators(F, stabilize="clip")
+    horizons = [40, 0, 7, 40, 13, 100]
+    got = ops.predict(horizons)
+    for row, h in zip(got, horizons, strict=True):
+        expected = torch.linalg.matrix_power(ops.operators, h) @ F[..., -1:].double()
+        torch.testing.assert_close(row, expected.squeeze(-1), atol=1e-10, rtol=1e-10)
