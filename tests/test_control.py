@@ -19,15 +19,18 @@ def test_grid_grows_after_longest_shrinks_after_shortest_and_refusals():
     assert c.scale == 2.0 and c.candidates() == [4, 10, 20]
     c.update(True, 1, 3)  # a middle one won: stay
     assert c.candidates() == [4, 10, 20]
-    c.update(True, 0, 3)  # the shortest won: stay
-    assert c.candidates() == [4, 10, 20]
+    c.update(True, 2, 3)
+    assert c.scale == 4.0 and c.candidates() == [8, 20, 40]
+    c.update(True, 0, 3)  # the shortest won: halve
+    assert c.scale == 2.0 and c.candidates() == [4, 10, 20]
     c.update(False, None, 3)  # refused: halve
     assert c.scale == 1.0 and c.candidates() == [2, 5, 10]
-    c.update(False, None, 3)
-    assert c.scale == 0.5 and c.candidates() == [1, 2, 5]
+    c.update(False, None, 3)  # never below the base grid (min_scale 1)
+    assert c.scale == c.min_scale == 1.0 and c.candidates() == [2, 5, 10]
+    low = HorizonController([2, 5, 10], min_scale=0.25)
     for _ in range(5):
-        c.update(False, None, 3)
-    assert c.scale == c.min_scale == 0.25 and c.candidates() == [1, 2]  # 0.5, 1.25, 2.5
+        low.update(False, None, 3)
+    assert low.scale == 0.25 and low.candidates() == [1, 2]  # 0.5, 1.25, 2.5 rounded
     for _ in range(20):
         c.update(True, 2, 3)
     assert c.scale == c.max_scale == 64.0
@@ -133,12 +136,12 @@ def test_refusals_shrink_then_skip_fits_and_state_dict_keeps_the_controller(monk
     opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
                            horizons=(4, 8), loss_fn=loss)
     train(opt, w, 1 + 2 * 6)  # six full windows
-    # fits at windows 1, 2, 3 (refusals 1..3), window 4 skipped (3 in a row), fit 5, skip 6
-    assert fake.calls == 4 and opt.num_refused == 4 and opt.controller.skipped == 2
-    assert [r["horizons"] for r in opt.log] == [[4, 8], [2, 4], [1, 2], [1, 2]]
+    # fits at windows 1, 2 (refusals 1, 2), window 3 skipped (2 in a row), fit 4, skip 5 and 6
+    assert fake.calls == 3 and opt.num_refused == 3 and opt.controller.skipped == 3
+    assert [r["horizons"] for r in opt.log] == [[4, 8]] * 3  # refusals: back to the base grid
     assert w.item() == pytest.approx(-13e-3)  # restored every time: only the 13 steps
-    state = opt.state_dict()["koopman"]["controller"]
-    assert state["scale"] == 0.25 and state["refusals_in_a_row"] == 4
+    state = opt.state_dict()["koopman"]["controllers"][0]
+    assert state["scale"] == 1.0 and state["refusals_in_a_row"] == 3
     other = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
                              horizons=(4, 8), loss_fn=loss)
     other.load_state_dict(opt.state_dict())

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import koopt.optim as koptim
 from koopt.optim import JumpPrecisionWarning, KoopmanOptimizer
@@ -551,3 +552,29 @@ def test_bad_options_are_rejected():
             KoopmanOptimizer(opt, **bad)
     with pytest.raises(TypeError):
         KoopmanOptimizer(KoopmanOptimizer(opt))
+
+
+def test_step_hooks_global_hooks_and_closure_without_torch_profiler_wrapper():
+    model = mlp()
+    opt = wrapped(model)
+    X, y = data()
+    calls: list[str] = []
+    h1 = opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    h2 = register_optimizer_step_post_hook(
+        lambda o, a, k: calls.append("global-post") if o is opt else None
+    )
+    try:
+
+        def closure():
+            opt.zero_grad()
+            loss = F.mse_loss(model(X), y)
+            loss.backward()
+            return loss
+
+        loss = opt.step(closure)
+        assert isinstance(loss, torch.Tensor) and loss.item() > 0
+        assert calls[0] == "pre" and "global-post" in calls
+        assert getattr(KoopmanOptimizer.step, "hooked", False) and opt.steps == 1
+    finally:
+        h1.remove()
+        h2.remove()

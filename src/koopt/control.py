@@ -49,10 +49,10 @@ class HorizonController:
         adaptive: bool = True,
         grow: float = 2.0,
         shrink: float = 0.5,
-        min_scale: float = 0.25,
+        min_scale: float = 1.0,
         max_scale: float = 64.0,
-        refusals_to_skip: int = 3,
-        max_skip: int = 4,
+        refusals_to_skip: int = 2,
+        max_skip: int = 8,
     ) -> None:
         base = sorted({int(b) for b in base})
         if not base or base[0] < 1:
@@ -97,6 +97,8 @@ class HorizonController:
             self.skip_left = 0
             if chosen == n_candidates - 1:
                 self.scale = min(self.scale * self.grow, self.max_scale)
+            elif chosen == 0 and n_candidates > 1:
+                self.scale = max(self.scale * self.shrink, self.min_scale)
             return
         self.refusals_in_a_row += 1
         self.scale = max(self.scale * self.shrink, self.min_scale)

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from koopt.control import HorizonController
 from koopt.families import fit_family
@@ -212,9 +213,11 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self.affine = bool(affine)
         self.stabilize = stabilize
         base = sorted({max(1, round(h / self.schedule.stride)) for h in horizons})
-        self.controller = HorizonController(
-            base, adaptive=adaptive and loss_fn is not None, **dict(controller_options or {})
-        )
+        self._base_horizons = base
+        self._adaptive = bool(adaptive) and loss_fn is not None
+        self._controller_options = dict(controller_options or {})
+        HorizonController(base, **self._controller_options)  # validate the options now
+        self._controllers: dict[int, HorizonController] = {}
         self.loss_fn = loss_fn
         self.state_policy = state_policy
         self.bn_recalibrate = bn_recalibrate
@@ -274,9 +277,24 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             f"rank={self.rank}, horizons={self.horizons})"
         )
 
+    def controller_for(self, group: int) -> HorizonController:
+        """The horizon controller of parameter group ``group`` (each group tunes its own)."""
+        ctl = self._controllers.get(group)
+        if ctl is None:
+            ctl = HorizonController(
+                self._base_horizons, adaptive=self._adaptive, **self._controller_options
+            )
+            self._controllers[group] = ctl
+        return ctl
+
+    @property
+    def controller(self) -> HorizonController:
+        """The controller of the first parameter group (the only one in most models)."""
+        return self.controller_for(0)
+
     @property
     def horizon_snapshots(self) -> list[int]:
-        """The current candidate horizons in snapshots (``koopt.control`` moves them)."""
+        """The first group's current candidate horizons in snapshots (``koopt.control``)."""
         return self.controller.candidates()
 
     @property
@@ -314,10 +332,30 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         """One inner step, then record a snapshot and jump when a window is full.
 
         Returns what the inner optimizer's ``step`` returns (the closure's loss or None).
+        Step pre/post hooks (global and this optimizer's) run as in torch; torch's
+        ``record_function`` around the wrapper is left out (it cost 3-4% of a digits MLP
+        step, ``benchmarks/overhead.py``); the inner optimizer's step keeps its own.
         """
+        args: tuple[Any, ...] = (self,) if closure is None else (self, closure)
+        kwargs: dict[str, Any] = {}
+        for pre_hook in (*_global_optimizer_pre_hooks.values(),
+                         *self._optimizer_step_pre_hooks.values()):
+            result = pre_hook(self, args, kwargs)
+            if result is not None:
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise RuntimeError(
+                        f"step pre-hook must return None or (args, kwargs), got {result}"
+                    )
+                args, kwargs = result
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
         loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
         self.record_step()
+        for post_hook in (*self._optimizer_step_post_hooks.values(),
+                          *_global_optimizer_post_hooks.values()):
+            post_hook(self, args, kwargs)
         return loss
+
+    step.hooked = True  # type: ignore[attr-defined]  # torch must not wrap it again
 
     # ------------------------------------------------------------------ recording
     def record_step(self) -> None:
@@ -340,7 +378,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             if win.buffer.full:
                 ready.append(gi)
         if ready:
-            if self.controller.should_fit():
+            # groups filled together are fitted together, steered by the first one's controller
+            if self.controller_for(ready[0]).should_fit():
                 self._jump(ready)
             else:  # recent jumps were refused: start the next window without fitting
                 for gi in ready:
@@ -414,7 +453,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
     def _jump(self, groups: list[int]) -> None:
         """Fit the full windows of ``groups`` jointly, check the candidates, keep or restore."""
         t0 = time.perf_counter()
-        candidates = self.horizon_snapshots  # fixed for this check
+        controller = self.controller_for(groups[0])
+        candidates = controller.candidates()  # fixed for this check
         index = self._param_indices()
         params: list[torch.Tensor] = []
         cols: list[torch.Tensor] = []
@@ -475,7 +515,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             else:
                 self._refused += 1
             chosen = record["horizons"].index(accepted_horizon) if record["accepted"] else None
-            self.controller.update(bool(record["accepted"]), chosen, len(candidates))
+            controller.update(bool(record["accepted"]), chosen, len(candidates))
             record["virtual_steps"] = self._virtual_steps
             record["time_s"] = time.perf_counter() - t0
             self._emit(record)
@@ -635,7 +675,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             "refused": self._refused,
             "param_shapes": self._param_shapes(),
             "windows": windows,
-            "controller": self.controller.state_dict(),
+            "controllers": {gi: c.state_dict() for gi, c in self._controllers.items()},
             "log": [dict(r) for r in self.log],
         }
 
@@ -685,8 +725,9 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self._virtual_steps = int(state["virtual_steps"])
         self._accepted = int(state["accepted"])
         self._refused = int(state["refused"])
-        if "controller" in state:
-            self.controller.load_state_dict(state["controller"])
+        self._controllers = {}
+        for gi, saved_ctl in state.get("controllers", {}).items():
+            self.controller_for(int(gi)).load_state_dict(saved_ctl)
         self.log = [dict(r) for r in state.get("log", [])]
 
     def state_dict(self) -> dict[str, Any]:
