@@ -3,7 +3,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install -qq
 STAMP := $(VENV)/.koopt-installed
+TEST_STAMP := $(VENV)/.koopt-test-installed
 
 .PHONY: setup demo test lint bench-quick clean
 
@@ -11,19 +13,23 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[cli,test]'
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[cli]'
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PIP) -e '.[cli,test]'
+	touch $(TEST_STAMP)
 
 demo: setup
 	$(BIN)/koopt reproduce hnn --quick
 	$(BIN)/koopt reproduce mnist --quick
 
-test: setup
+test: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
-bench-quick: setup
+bench-quick: $(TEST_STAMP)
 	$(BIN)/python benchmarks/jump_scaling.py --quick
 
 clean:
