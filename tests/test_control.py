@@ -97,6 +97,8 @@ class LinearFit:
             spectral_radius = 1.0
 
             def predict(self, h):
+                if isinstance(h, list):
+                    return torch.stack([last + k * d for k in h])
                 return last + h * d
 
         return Fitted()
