@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser", "SIZES"]
+__all__ = ["main", "build_parser", "SIZES", "SWEEP"]
 
 
 @dataclass(frozen=True)
@@ -21,18 +21,23 @@ class Sizes:
     window: int
     horizon: int
     seeds: int
+    horizons: tuple[int, ...] = ()
 
+
+#: the issue-5 horizon sweep of the classifier (938 = one MNIST epoch at batch 64)
+SWEEP = (100, 250, 500, 938, 1876)
 
 #: (experiment, quick) -> default sizes. HNN: the paper (method.md). Digits: 23 steps make
 #: an epoch (1437 training images, batch 64): burn-in 30 epochs, a 20-epoch window (more
-#: snapshots than the 65-dimensional first-layer node operators need), T = window / 4 as in
-#: the HNN. Real MNIST (938 steps per epoch): burn-in 3 epochs, a 1-epoch window, T = 235.
+#: snapshots than the 65-dimensional first-layer node operators need); horizons: the MNIST
+#: sweep in steps, headline T = 938 (one MNIST epoch's worth of steps). Real MNIST (938
+#: steps per epoch): burn-in 3 epochs, a 1-epoch window, the same sweep.
 SIZES: dict[tuple[str, bool], Sizes] = {
     ("hnn", False): Sizes(t1=35_000, window=10_000, horizon=2_500, seeds=25),
     ("hnn", True): Sizes(t1=5_000, window=2_000, horizon=500, seeds=3),
-    ("digits", False): Sizes(t1=690, window=460, horizon=115, seeds=25),
-    ("digits", True): Sizes(t1=690, window=460, horizon=115, seeds=5),
-    ("mnist", False): Sizes(t1=2_814, window=938, horizon=235, seeds=5),
+    ("digits", False): Sizes(t1=690, window=460, horizon=938, seeds=25, horizons=SWEEP),
+    ("digits", True): Sizes(t1=690, window=460, horizon=938, seeds=3, horizons=SWEEP),
+    ("mnist", False): Sizes(t1=2_814, window=938, horizon=938, seeds=5, horizons=SWEEP),
     ("mnist", True): Sizes(t1=938, window=469, horizon=117, seeds=2),
 }
 
@@ -63,9 +68,39 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _list_of(choices: Sequence[str], what: str):
+    """Comma-separated names from ``choices``; ``all`` means every one."""
+
+    def conv(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        if names == ["all"]:
+            return list(choices)
+        bad = [n for n in names if n not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {', '.join(map(repr, bad)) or repr(text)} (choose "
+                f"{what} from {', '.join(choices)}, comma-separated, or all)")
+        return list(dict.fromkeys(names))
+
+    return conv
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}"
+                                         ) from None
+    if not vals or vals[0] < 1:
+        raise argparse.ArgumentTypeError(f"horizons must be integers >= 1, got {text!r}")
+    return vals
+
+
+WINDOWS = ("late", "early")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from koopt.experiments.training import OPTIMIZERS
-    from koopt.families import FAMILIES
 
     parser = argparse.ArgumentParser(
         prog="koopt",
@@ -74,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     rep = sub.add_parser(
         "reproduce", help="run the paper's experiments: record, fit, jump, compare",
-        description="Train, record every step from t1 to t2, fit Koopman operators, jump T "
-                    "steps in one shot and compare with T more optimizer steps.")
+        description="Train, record every step from t1 to t2, fit every Koopman variant once, "
+                    "jump each horizon T in one shot and compare with the optimizer's own "
+                    "steps and the baselines (no jump, window mean, linear extrapolation).")
     rep.add_argument("experiment", choices=("hnn", "mnist", "all"),
                      help="hnn: the Hamiltonian-network ODE solver; mnist: the MLP classifier "
                           "(scikit-learn digits unless --data-dir); all: both")
@@ -83,28 +119,41 @@ def build_parser() -> argparse.ArgumentParser:
                      help="small sizes: both experiments in about two minutes on 2 CPU cores")
     rep.add_argument("--seeds", type=_int_at_least(1, "--seeds"), metavar="N",
                      help="number of networks (seeds 0..N-1); default 25, 5 on real MNIST "
-                          "(--quick: 3 hnn, 5 digits, 2 MNIST)")
+                          "(--quick: 3 hnn, 3 digits, 2 MNIST)")
     rep.add_argument("--t1", type=_int_at_least(0, "--t1"),
-                     help="first recorded step (default: hnn 35000 as in the paper, digits 690, "
-                          "MNIST 2814 = 3 epochs; --quick: hnn 5000)")
+                     help="first recorded step of the late window (default: hnn 35000 as in "
+                          "the paper, digits 690, MNIST 2814 = 3 epochs; --quick: hnn 5000)")
     rep.add_argument("--window", type=_int_at_least(2, "--window"),
                      help="recorded steps t2 - t1, at least 2 (default: hnn 10000, digits 460, "
                           "MNIST 938 = 1 epoch)")
+    rep.add_argument("--windows", type=_list_of(WINDOWS, "windows"), default=["late"],
+                     metavar="late,early",
+                     help="late: from --t1 (the paper's); early: the same lengths from step 0")
     rep.add_argument("--horizon", type=_int_at_least(1, "--horizon"), metavar="T",
-                     help="steps to jump, at least 1 (default: hnn 2500, digits 115, MNIST 235)")
-    rep.add_argument("--optimizer", choices=OPTIMIZERS, default="adadelta")
+                     help="headline jump T (default: hnn 2500, digits and MNIST 938)")
+    rep.add_argument("--horizons", type=_int_list, metavar="T,T,...",
+                     help="horizon sweep, one fit for all (default: hnn just T; digits and "
+                          "MNIST 100,250,500,938,1876)")
+    rep.add_argument("--optimizer", type=_list_of(OPTIMIZERS, "optimizers"),
+                     default=["adadelta"], metavar="NAME[,NAME]|all",
+                     help=f"one or more of {', '.join(OPTIMIZERS)}, or all (default adadelta)")
     rep.add_argument("--lr", type=_positive_float,
                      help="learning rate (default: adadelta 1.0; adam 8e-3 for hnn, 1e-3 for "
                           "mnist; adagrad 1e-2)")
-    rep.add_argument("--family", choices=sorted(FAMILIES), default="node",
-                     help="operator family (default node, as in the paper)")
+    rep.add_argument("--family", default="all", metavar="NAME[,NAME]|all",
+                     help="Koopman variants to fit: family names (node, quasi_node, layer, "
+                          "network, single_weight: their default variants), variant names "
+                          "(see docs/results.md) or all (default); the first is the headline")
     rep.add_argument("--q", type=_int_at_least(1, "--q"),
-                     help="quasi-node size (with --family quasi_node)")
+                     help="quasi-node size (makes one custom variant of --family)")
     rep.add_argument("--rank", type=_int_at_least(1, "--rank"),
-                     help="DMD rank (with --family layer or network)")
-    rep.add_argument("--affine", action="store_true", help="fit an affine (constant) term")
+                     help="DMD rank for layer/network (makes one custom variant)")
+    rep.add_argument("--delays", type=_int_at_least(1, "--delays"),
+                     help="delay embedding for layer/network (makes one custom variant)")
+    rep.add_argument("--affine", action="store_true",
+                     help="fit an affine (constant) term (makes one custom variant)")
     rep.add_argument("--stabilize", choices=("none", "clip", "drop"), default="none",
-                     help="move (clip) or drop growing modes; default none, as in the paper")
+                     help="move (clip) or drop growing modes (makes one custom variant)")
     rep.add_argument("--data-dir", type=Path, metavar="DIR",
                      help="folder with the four MNIST IDX files (raw or .gz); without it "
                           "scikit-learn's 8x8 digits are used")
@@ -113,22 +162,51 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--threads", type=_int_at_least(1, "--threads"), default=1,
                      help="torch CPU threads (default 1: the networks are tiny, and with more "
                           "threads a busy machine slows every step down many times)")
+    rep.add_argument("--jobs", type=_int_at_least(1, "--jobs"), default=1,
+                     help="seeds in parallel processes, one torch thread each (default 1)")
+    rep.add_argument("--resume", action="store_true",
+                     help="continue the run in --out: keep its finished seeds, run the rest")
     rep.add_argument("--out", type=Path, metavar="DIR",
-                     help="output folder (default: a new folder under runs/)")
+                     help="output folder (default: a new folder under runs/); with several "
+                          "optimizers or windows, one sub-folder OPTIMIZER-WINDOW each")
+    r = sub.add_parser("report", help="rebuild report.md and the plots from results.json",
+                       description="Rebuild report.md and the PNGs of RUN_DIR (and of its "
+                                   "sub-runs) from results.json and trace.npz.")
+    r.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    c = sub.add_parser("compare", help="runs side by side: one table and one plot",
+                       description="Put runs side by side: best variant, ρ, error2growth, "
+                                   "window speedup and baselines per run and horizon.")
+    c.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    c.add_argument("--out", type=Path, metavar="DIR",
+                   help="where compare.md and compare.png go (default: the current folder)")
     return parser
 
 
-def _family_options(args: argparse.Namespace) -> dict[str, Any]:
+def _variants(args: argparse.Namespace, experiment: str, horizons: list[int]) -> list[Any]:
+    from koopt.experiments.variants import FAMILY_NAMES, Variant, resolve_variants
+
+    custom = (args.rank, args.delays, args.q) != (None, None, None) or args.affine or \
+        args.stabilize != "none"
+    if not custom:
+        return resolve_variants(args.family, experiment, horizons)
+    fam = args.family.strip()
+    if fam not in FAMILY_NAMES:
+        raise ValueError(f"--rank/--delays/--q/--affine/--stabilize need exactly one family "
+                         f"in --family ({', '.join(FAMILY_NAMES)}), got {fam!r}")
     opts: dict[str, Any] = {}
     if args.affine:
         opts["affine"] = True
     if args.stabilize != "none":
         opts["stabilize"] = args.stabilize
-    if args.family == "quasi_node" and args.q is not None:
+    if fam == "quasi_node" and args.q is not None:
         opts["q"] = args.q
-    if args.family in ("layer", "network") and args.rank is not None:
-        opts["rank"] = args.rank
-    return opts
+    if fam in ("layer", "network"):
+        if args.rank is not None:
+            opts["rank"] = args.rank
+        if args.delays is not None:
+            opts["delays"] = args.delays
+    name = fam + "".join(f"_{k}{v}" if v is not True else f"_{k}" for k, v in opts.items())
+    return [Variant(name, fam, opts)]
 
 
 def _default_out(experiment: str) -> Path:
@@ -143,18 +221,92 @@ def _default_out(experiment: str) -> Path:
 
 def _sizes(args: argparse.Namespace, key: str) -> Sizes:
     d = SIZES[(key, bool(args.quick))]
+    horizon = d.horizon if args.horizon is None else args.horizon
+    if args.horizons is not None:
+        horizons = tuple(args.horizons)
+        if args.horizon is None:
+            horizon = max(horizons)
+    elif args.horizon is not None:
+        horizons = (horizon,)
+    else:
+        horizons = d.horizons or (horizon,)
     return Sizes(
         t1=d.t1 if args.t1 is None else args.t1,
         window=d.window if args.window is None else args.window,
-        horizon=d.horizon if args.horizon is None else args.horizon,
+        horizon=horizon,
         seeds=d.seeds if args.seeds is None else args.seeds,
+        horizons=horizons,
     )
 
 
 def _run_one(experiment: str, args: argparse.Namespace, out: Path, command: str,
-             console: Any) -> dict[str, Any]:
-    """Run one experiment into ``out``; print its table; return the results."""
-    import torch
+             console: Any) -> list[dict[str, Any]]:
+    """Run one experiment (every optimizer x window) under ``out``; return the results."""
+    from koopt.experiments.tasks import TaskSpec
+
+    extra: dict[str, Any] = {}
+    data_dir = None
+    if experiment == "hnn":
+        from koopt.experiments.hnn import HNNConfig
+
+        sizes = _sizes(args, "hnn")
+        hcfg = HNNConfig()
+        extra.update(
+            model="1-10-10-2 sin network (152 parameters), x̂ = x0 + (1 − e^−t) N(t)",
+            problem=dict(hcfg.__dict__), dtype=args.dtype,
+            loss_note=f"HNN residual loss on a fixed uniform grid of {hcfg.n_eval} points "
+                      f"in [0, 4π] (training uses {hcfg.n_points} points perturbed every step)")
+        head = "[bold]hnn[/]: nonlinear oscillator, 1-10-10-2 sin network"
+    else:
+        from koopt.experiments.mnist import load_digits_split, load_mnist_idx
+
+        if args.data_dir is not None:
+            data = load_mnist_idx(args.data_dir)
+            data_dir = str(args.data_dir)
+            sizes = _sizes(args, "mnist")
+        else:
+            data = load_digits_split()
+            sizes = _sizes(args, "digits")
+            console.print("[yellow]No --data-dir: using scikit-learn's 8x8 handwritten digits "
+                          "(real scans) with a 64-20-20-20-10 network and a held-out "
+                          "validation split, not MNIST.[/]")
+        steps = data.steps_per_epoch(64)
+        extra.update(
+            model=f"{data.n_features}-20-20-20-10 ReLU MLP, batch 64 ({steps} steps per epoch)",
+            data=data.source, dataset=data.name, batch_size=64, steps_per_epoch=steps,
+            loss_note="cross-entropy over the full training set and the full validation set")
+        head = (f"[bold]mnist[/] ({data.name}): {data.n_features}-20-20-20-10 ReLU, batch 64 "
+                f"({steps} steps/epoch)")
+    horizons = sorted({sizes.horizon, *sizes.horizons})
+    variants = _variants(args, experiment, horizons)
+    combos = [(o, w) for o in args.optimizer for w in args.windows]
+    results_all = []
+    for opt, win in combos:
+        sub_out = out if len(combos) == 1 else out / f"{opt}-{win}"
+        t1 = sizes.t1 if win == "late" else 0
+        spec = TaskSpec(experiment, opt, args.lr, args.dtype, data_dir)
+        console.print(f"{head}, {opt}, {win} window: t1={t1} window={sizes.window} "
+                      f"T={','.join(map(str, horizons))}, {sizes.seeds} seed(s), "
+                      f"{len(variants)} variant(s) -> {sub_out}")
+        from koopt.experiments.runner import CycleConfig
+
+        cfg = CycleConfig(experiment=experiment, t1=t1, window=sizes.window,
+                          horizon=sizes.horizon, horizons=horizons,
+                          seeds=list(range(sizes.seeds)), optimizer=opt, lr=args.lr,
+                          family=variants[0].family, family_options=dict(variants[0].options),
+                          variants=variants, window_name=win)
+        results_all.append(_run_cycle(experiment, cfg, spec, args, sub_out, command, extra,
+                                      console))
+    if len(combos) > 1:
+        from koopt.report import write_compare
+
+        write_compare([out / f"{o}-{w}" for o, w in combos], out, console=None)
+        console.print(f"side by side: {out / 'compare.md'}")
+    return results_all
+
+
+def _run_cycle(experiment: str, cfg: Any, spec: Any, args: argparse.Namespace, out: Path,
+               command: str, extra: dict[str, Any], console: Any) -> dict[str, Any]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -164,61 +316,14 @@ def _run_one(experiment: str, args: argparse.Namespace, out: Path, command: str,
         TimeRemainingColumn,
     )
 
-    from koopt.experiments.runner import CycleConfig, run_experiment
+    from koopt.experiments.runner import run_experiment
+    from koopt.experiments.tasks import SeedWorker
     from koopt.report import summary_table, write_report
 
-    extra: dict[str, Any] = {}
-    if experiment == "hnn":
-        from koopt.experiments.hnn import HNNConfig, HNNTask
-
-        sizes = _sizes(args, "hnn")
-        dtype = torch.float64 if args.dtype == "float64" else torch.float32
-        hcfg = HNNConfig()
-
-        def make_task(seed: int) -> Any:
-            return HNNTask(seed, optimizer=args.optimizer, lr=args.lr, cfg=hcfg, dtype=dtype)
-
-        extra.update(
-            model="1-10-10-2 sin network (152 parameters), x̂ = x0 + (1 − e^−t) N(t)",
-            problem=dict(hcfg.__dict__), dtype=args.dtype,
-            loss_note=f"HNN residual loss on a fixed uniform grid of {hcfg.n_eval} points "
-                      f"in [0, 4π] (training uses {hcfg.n_points} points perturbed every step)")
-        console.print(f"[bold]hnn[/]: nonlinear oscillator, 1-10-10-2 sin network, "
-                      f"{args.optimizer}; t1={sizes.t1} window={sizes.window} "
-                      f"T={sizes.horizon}, {sizes.seeds} seed(s) -> {out}")
-    else:
-        from koopt.experiments.mnist import MNISTTask, load_digits_split, load_mnist_idx
-
-        if args.data_dir is not None:
-            data = load_mnist_idx(args.data_dir)
-            sizes = _sizes(args, "mnist")
-        else:
-            data = load_digits_split()
-            sizes = _sizes(args, "digits")
-            console.print("[yellow]No --data-dir: using scikit-learn's 8x8 handwritten digits "
-                          "(real scans) with a 64-20-20-20-10 network and a held-out "
-                          "validation split, not MNIST.[/]")
-
-        def make_task(seed: int) -> Any:
-            return MNISTTask(seed, data, optimizer=args.optimizer, lr=args.lr)
-
-        steps = data.steps_per_epoch(64)
-        extra.update(
-            model=f"{data.n_features}-20-20-20-10 ReLU MLP, batch 64 ({steps} steps per epoch)",
-            data=data.source, dataset=data.name, batch_size=64, steps_per_epoch=steps,
-            loss_note="cross-entropy over the full training set and the full validation set")
-        console.print(f"[bold]mnist[/] ({data.name}): {data.n_features}-20-20-20-10 ReLU, "
-                      f"{args.optimizer}, batch 64 ({steps} steps/epoch); t1={sizes.t1} "
-                      f"window={sizes.window} T={sizes.horizon}, {sizes.seeds} seed(s) -> {out}")
-
-    cfg = CycleConfig(experiment=experiment, t1=sizes.t1, window=sizes.window,
-                      horizon=sizes.horizon, seeds=list(range(sizes.seeds)),
-                      optimizer=args.optimizer, lr=args.lr, family=args.family,
-                      family_options=_family_options(args))
-    total = cfg.t2 + cfg.horizon
+    total = cfg.t2 + max(cfg.all_horizons())
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                        transient=True, disable=not console.is_terminal)
+                        transient=True, disable=not console.is_terminal or args.jobs > 1)
 
     def advance_factory(seed: int):
         tid = progress.add_task(f"{experiment} seed {seed}", total=total)
@@ -226,21 +331,27 @@ def _run_one(experiment: str, args: argparse.Namespace, out: Path, command: str,
 
     def on_seed(rec: dict[str, Any]) -> None:
         console.print(
-            f"  seed {rec['seed']}: ρ train {rec['rho_train']:.3g}"
+            f"  seed {rec['seed']} ({rec['variant']}): ρ train {rec['rho_train']:.3g}"
             + (f", ρ val {rec['rho_val']:.3g}" if "rho_val" in rec else "")
             + f", error2growth {rec['error2growth']:.3g}, window speedup "
               f"{rec['window_speedup']:.3g} (T steps {rec['time_optimizer_T']:.3g} s, fit "
               f"{rec['time_fit']:.3g} s, jump {rec['time_jump']:.3g} s)"
             + (" [diverged]" if rec["diverged"] else ""), highlight=False)
 
+    worker = SeedWorker(spec, cfg) if args.jobs > 1 else None
     with progress:
         try:
-            results, trace = run_experiment(make_task, cfg, out, extra_config=extra,
+            results, trace = run_experiment(spec, cfg, out, extra_config=extra,
                                             command=command, advance_factory=advance_factory,
-                                            on_seed=on_seed)
+                                            on_seed=on_seed, resume=args.resume,
+                                            jobs=args.jobs, worker=worker)
         except KeyboardInterrupt:
             _partial_report(out)
             raise
+    if trace is None:
+        from koopt.experiments.runner import load_trace
+
+        trace = load_trace(out / "trace.npz")
     write_report(results, trace, out)
     console.print(summary_table(results, width=console.width))
     console.print(f"results: {out / 'results.json'}; report: {out / 'report.md'}")
@@ -261,6 +372,34 @@ def _partial_report(out: Path) -> None:
         pass
 
 
+def _report_cmd(dirs: Sequence[Path]) -> int:
+    """``koopt report``: rebuild every report.md and plot under the given run folders."""
+    from koopt.report import rebuild
+
+    status = 0
+    for d in dirs:
+        try:
+            for path in rebuild(d):
+                print(path)
+        except (OSError, ValueError) as exc:
+            print(f"koopt: error: {d}: {exc}", file=sys.stderr)
+            status = EXIT_USAGE
+    return status
+
+
+def _compare_cmd(dirs: Sequence[Path], out: Path | None, console: Any) -> int:
+    from koopt.report import write_compare
+
+    try:
+        written = write_compare(list(dirs), out or Path("."), console=console)
+    except (OSError, ValueError) as exc:
+        print(f"koopt: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for p in written.values():
+        print(p)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``koopt`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -269,12 +408,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2) and --help (0)
         return int(exc.code or 0)
-    import torch
     from rich.console import Console
+
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    if args.command == "report":
+        return _report_cmd(args.run_dirs)
+    if args.command == "compare":
+        return _compare_cmd(args.run_dirs, args.out, console)
+    import torch
 
     from koopt.experiments.idx import DataError
 
-    console = Console() if sys.stdout.isatty() else Console(width=120)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     command = "koopt " + shlex.join(argv)
@@ -291,10 +435,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as exc:
         print(f"koopt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ValueError as exc:  # bad variant names, --resume with another configuration
+        print(f"koopt: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         saved = current / "results.json"
-        where = (f"finished seeds are saved in {saved}" if saved.exists()
-                 else "no results were written")
+        where = (f"finished seeds are saved in {saved}; continue with --resume"
+                 if saved.exists() else "no results were written")
         print(f"\nkoopt: interrupted; {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:

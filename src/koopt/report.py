@@ -18,7 +18,8 @@ import numpy as np
 from koopt._atomic import write_bytes_atomic, write_text_atomic
 
 __all__ = ["write_report", "plot_loss", "plot_scatter", "plot_eigenvalues", "summary_table",
-           "render_markdown", "fmt"]
+           "render_markdown", "fmt", "plot_sweep", "rebuild", "write_compare", "best_variant",
+           "method_median", "grid_markdown"]
 
 METHODS: tuple[tuple[str, str], ...] = (
     ("koopman", "Koopman jump"),
@@ -28,7 +29,8 @@ METHODS: tuple[tuple[str, str], ...] = (
     ("linear", "linear extrapolation"),
 )
 
-PLOTS = {"loss": "loss.png", "scatter": "jump_scatter.png", "eigenvalues": "eigenvalues.png"}
+PLOTS = {"loss": "loss.png", "scatter": "jump_scatter.png", "eigenvalues": "eigenvalues.png",
+         "sweep": "sweep.png"}
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -167,11 +169,13 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None 
                 fmt(r.get("window_speedup")), fmt(bool(r.get("diverged")))]
         body.append(row)
     out += [_md_table(head, body), ""]
+    out += grid_markdown(results)
     if plots:
         out += ["## Figures (first seed)", ""]
         for key, title in (("loss", "Loss against step, jump marked"),
                            ("scatter", "Jump error against true movement, per parameter"),
-                           ("eigenvalues", "Operator eigenvalues and the unit circle")):
+                           ("eigenvalues", "Operator eigenvalues and the unit circle"),
+                           ("sweep", "Median loss ratio against horizon, every method")):
             if key in plots:
                 out += [f"![{title}]({plots[key]})", ""]
     out += [
@@ -328,6 +332,8 @@ def write_report(results: Mapping[str, Any], trace: Any, out_dir: Path) -> dict[
         written["scatter"] = plot_scatter(trace, out_dir / PLOTS["scatter"])
         written["eigenvalues"] = plot_eigenvalues(trace, out_dir / PLOTS["eigenvalues"],
                                                   f"{exp}, seed {trace.seed}")
+    if results.get("runs") and any("methods" in r for r in results["runs"]):
+        written["sweep"] = plot_sweep(results, out_dir / PLOTS["sweep"], exp)
     md = render_markdown(results, {k: p.name for k, p in written.items()})
     written["report"] = write_text_atomic(out_dir / "report.md", md)
     return written
@@ -364,3 +370,254 @@ def summary_table(results: Mapping[str, Any], width: int | None = None) -> Any:
                  for c in r[1:]]
         table.add_row(escape(label), *[escape(c) for c in cells])
     return table
+
+
+# -- every variant at every horizon ------------------------------------------------------
+def _finite_or_inf(v: Any) -> float:
+    if v is None:
+        return math.inf
+    v = float(v)
+    return math.inf if math.isnan(v) else v
+
+
+def method_values(results: Mapping[str, Any], method: str, T: int | str, key: str
+                  ) -> list[float]:
+    """``key`` of ``method`` at horizon T over the seeds; missing / nan count as inf (a
+    diverged jump is the worst result, never skipped)."""
+    out = []
+    for r in results.get("runs", []):
+        m = r.get("methods", {}).get(method)
+        if m is None:
+            continue
+        row = m.get("at", {}).get(str(T))
+        out.append(_finite_or_inf(None if row is None else row.get(key)))
+    return out
+
+
+def method_median(results: Mapping[str, Any], method: str, T: int | str, key: str) -> float:
+    vals = method_values(results, method, T, key)
+    return float(np.median(vals)) if vals else math.nan
+
+
+def rho_key(results: Mapping[str, Any]) -> str:
+    """The loss ratio that judges a task: validation where there is a validation set."""
+    return "rho_val" if "val_loss_optimizer" in results.get("summary", {}) else "rho_train"
+
+
+def koopman_methods(results: Mapping[str, Any]) -> list[str]:
+    return [v["name"] for v in results.get("config", {}).get("variants", [])] or [
+        k for k, g in results.get("grid", {}).items() if g.get("kind") == "koopman"]
+
+
+def best_variant(results: Mapping[str, Any], T: int | None = None) -> str | None:
+    """The Koopman variant with the lowest median ρ (validation if any) at T (default: the
+    headline horizon), diverged seeds counted as infinite; ties go to the earlier one."""
+    T = T or results.get("config", {}).get("horizon")
+    key = rho_key(results)
+    best, best_v = None, math.inf
+    for name in koopman_methods(results):
+        v = method_median(results, name, T, key)
+        if v < best_v:
+            best, best_v = name, v
+    return best
+
+
+def _grid_cell(results: Mapping[str, Any], method: str, T: int, key: str) -> str:
+    g = results.get("grid", {}).get(method, {}).get("at", {}).get(str(T), {})
+    return _med(g, key, spread=True)
+
+
+def grid_markdown(results: Mapping[str, Any]) -> list[str]:
+    """Per horizon: every Koopman variant and baseline, median [min, max] over seeds."""
+    grid = results.get("grid", {})
+    if not grid:
+        return []
+    cfg = results.get("config", {})
+    hs = cfg.get("horizons") or [cfg.get("horizon")]
+    has_val = rho_key(results) == "rho_val"
+    has_acc = any("val_acc" in (grid.get("optimizer", {}).get("at", {}).get(str(h), {}))
+                  for h in hs)
+    out = ["## Every variant at every horizon (one fit per variant)", ""]
+    best = best_variant(results)
+    if best:
+        out += [f"Best Koopman variant at the headline T = {cfg.get('horizon')} (lowest "
+                f"median {'validation ' if has_val else ''}ρ, diverged seeds counted as "
+                f"infinite): **{best}**.", ""]
+    descr = {v["name"]: v.get("description", "") for v in cfg.get("variants", [])}
+    if descr:
+        out += ["Variants: " + "; ".join(f"`{k}` = {v}" for k, v in descr.items()) + ".", ""]
+    names = [*koopman_methods(results), *BASELINE_NAMES]
+    for h in hs:
+        opt = grid.get("optimizer", {}).get("at", {}).get(str(h), {})
+        line = f"### T = {h}: optimizer train loss {_med(opt, 'train', False)}"
+        if has_val:
+            line += f", val loss {_med(opt, 'val', False)}"
+        if has_acc:
+            line += f", val accuracy {_med(opt, 'val_acc', False)}"
+        line += f"; T optimizer steps took {_med(opt, 'time', False)} s"
+        head = ["method", "ρ train"] + (["ρ val"] if has_val else []) + \
+            (["val acc"] if has_acc else []) + ["error2growth", "window speedup",
+                                                "diverged"]
+        rows = []
+        for name in names:
+            g = grid.get(name)
+            if g is None:
+                continue
+            row = [name + (" **(best)**" if name == best else ""),
+                   _grid_cell(results, name, h, "rho_train")]
+            if has_val:
+                row.append(_grid_cell(results, name, h, "rho_val"))
+            if has_acc:
+                row.append(_grid_cell(results, name, h, "val_acc"))
+            row.append(_grid_cell(results, name, h, "error2growth"))
+            if g.get("kind") == "koopman":
+                row += [_grid_cell(results, name, h, "window_speedup"),
+                        str(g.get("n_diverged", 0))]
+            else:
+                row += ["–", "–"]
+            rows.append(row)
+        out += [line, "", _md_table(head, rows), ""]
+    head = ["method", "valid horizon (train)"] + (["valid horizon (val)"] if has_val else []) \
+        + ["spectral radius", "fit s", "time-to-target speedup"]
+    rows = []
+    for name in names:
+        g = grid.get(name)
+        if g is None:
+            continue
+        o = g.get("overall", {})
+        row = [name, _med(o, "valid_horizon")]
+        if has_val:
+            row.append(_med(o, "valid_horizon_val"))
+        row += [_med(o, "spectral_radius"), _med(o, "time_fit", False),
+                _med(o, "target_speedup")]
+        rows.append(row)
+    out += ["### Per method", "", _md_table(head, rows), "",
+            "Time to target: the continuation's target L_min + 0.01 (L(t2) − L_min), L_min "
+            "the optimizer's lowest checked loss up to t2 + max T; the optimizer's time is its "
+            "steps until the first checkpoint at or below it, a variant's is fit + one jump "
+            "to the first sweep horizon at or below it; speedup 0 = never reached.", ""]
+    return out
+
+
+BASELINE_NAMES = ("no_jump", "window_mean", "linear")
+
+
+def plot_sweep(results: Mapping[str, Any], path: Path, title: str = "") -> Path:
+    """Median ρ against the horizon T for every method (validation ρ if any, else train)."""
+    key = rho_key(results)
+    cfg = results.get("config", {})
+    hs = cfg.get("horizons") or [cfg.get("horizon")]
+    fig, (ax,) = _figure(1, width=7.5, height=4.8)
+    for i, name in enumerate([*koopman_methods(results), *BASELINE_NAMES]):
+        ys = [method_median(results, name, h, key) for h in hs]
+        ys = [y if math.isfinite(y) else np.nan for y in ys]
+        ls = "--" if name in BASELINE_NAMES else "-"
+        ax.plot(hs, ys, ls, marker="o", ms=3, color=f"C{i % 10}", label=name)
+    ax.axhline(1.05, color="k", lw=0.8, ls=":", label="ρ = 1.05")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("horizon T (optimizer steps)")
+    ax.set_ylabel(f"median {key.replace('_', ' ')} (lower is better)")
+    ax.set_title(title or "loss ratio against horizon")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+# -- rebuild and compare -----------------------------------------------------------------
+def _load(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    path = run_dir / "results.json"
+    if not path.exists():
+        raise ValueError(f"no results.json in {run_dir}")
+    return json.loads(path.read_text())
+
+
+def run_dirs_under(path: Path) -> list[Path]:
+    """``path`` itself if it holds results.json, else its sub-folders that do."""
+    if (path / "results.json").exists():
+        return [path]
+    subs = sorted(p.parent for p in path.glob("*/results.json"))
+    subs += sorted(p.parent for p in path.glob("*/*/results.json"))
+    if not subs:
+        raise ValueError(f"no results.json in {path} or its sub-folders")
+    return subs
+
+
+def rebuild(path: Path) -> list[Path]:
+    """Rewrite report.md and the plots of every run under ``path`` from its files."""
+    from koopt.experiments.runner import load_trace
+
+    written = []
+    for d in run_dirs_under(path):
+        results = _load(d)
+        trace = load_trace(d / "trace.npz")
+        written += list(write_report(results, trace, d).values())
+    return written
+
+
+def compare_rows(dirs: Sequence[Path]) -> tuple[list[str], list[list[str]], list[Any]]:
+    """One row per run and headline T: its best variant against the baselines."""
+    head = ["run", "seeds", "T", "best variant", "ρ", "error2growth", "window speedup",
+            "ρ node (seed's)", "ρ no jump", "ρ window mean", "ρ linear"]
+    rows, loaded = [], []
+    for d in dirs:
+        for sub in run_dirs_under(d):
+            res = _load(sub)
+            loaded.append((sub, res))
+            cfg = res.get("config", {})
+            T = cfg.get("horizon")
+            key = rho_key(res)
+            best = best_variant(res) or "–"
+            label = f"{cfg.get('experiment')} {cfg.get('optimizer')} " \
+                    f"{cfg.get('window_name') or 'late'} ({sub.name})"
+
+            def med(name: str, k: str, _res: Any = res, _T: Any = T) -> str:
+                return fmt(method_median(_res, name, _T, k)) if name in _res.get(
+                    "grid", {}) else "–"
+
+            rows.append([label, str(len(res.get("runs", []))), str(T), best,
+                         med(best, key), med(best, "error2growth"),
+                         med(best, "window_speedup"), med("node", key),
+                         med("no_jump", key), med("window_mean", key), med("linear", key)])
+    return head, rows, loaded
+
+
+def write_compare(dirs: Sequence[Path], out: Path, console: Any = None) -> dict[str, Path]:
+    """compare.md (table) and compare.png (median ρ against T, best variant of each run)."""
+    head, rows, loaded = compare_rows(dirs)
+    md = ["# koopt compare", "",
+          "Median over seeds (a diverged seed counts as infinite). ρ is validation ρ where "
+          "the task has a validation set, else train ρ; best = lowest median ρ at the run's "
+          "headline T.", "", _md_table(head, rows), ""]
+    out.mkdir(parents=True, exist_ok=True)
+    fig, (ax,) = _figure(1, width=8, height=5)
+    for i, (d, res) in enumerate(loaded):
+        cfg = res.get("config", {})
+        hs = cfg.get("horizons") or [cfg.get("horizon")]
+        best = best_variant(res)
+        if best is None:
+            continue
+        ys = [method_median(res, best, h, rho_key(res)) for h in hs]
+        ax.plot(hs, [y if math.isfinite(y) else np.nan for y in ys], marker="o",
+                color=f"C{i % 10}", label=f"{d.name}: {best}")
+    ax.axhline(1.05, color="k", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("horizon T")
+    ax.set_ylabel("median ρ of the best variant")
+    ax.legend(fontsize=7)
+    written = {"plot": _save(fig, out / "compare.png")}
+    md += ["![median ρ of each run's best variant against T](compare.png)", ""]
+    written["markdown"] = write_text_atomic(out / "compare.md", "\n".join(md))
+    if console is not None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(title="koopt compare (medians over seeds)")
+        for i, h in enumerate(head):
+            table.add_column(escape(h), justify="left" if i < 1 else "right")
+        for r in rows:
+            table.add_row(*[escape(c) for c in r])
+        console.print(table)
+    return written
