@@ -53,6 +53,15 @@ def test_refusals_in_a_row_skip_fits_doubling_up_to_max_skip():
     assert c.refusals_in_a_row == 0 and c.should_fit()
 
 
+def test_default_skips_only_after_four_refusals_in_a_row():
+    c = HorizonController([1, 2])
+    for _ in range(3):
+        c.update(False, None, 2)
+        assert c.should_fit()
+    c.update(False, None, 2)
+    assert not c.should_fit() and c.should_fit()
+
+
 def test_fixed_grid_and_state_round_trip():
     fixed = HorizonController([3, 6], adaptive=False)
     for _ in range(4):
@@ -136,7 +145,8 @@ def test_refusals_shrink_then_skip_fits_and_state_dict_keeps_the_controller(monk
     monkeypatch.setattr(koptim, "fit_family", fake)
     w, loss = toy(target=-1.0)  # every candidate moves away from the target: refused
     opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
-                           horizons=(4, 8), loss_fn=loss)
+                           horizons=(4, 8), loss_fn=loss,
+                           controller_options={"refusals_to_skip": 2})
     train(opt, w, 1 + 2 * 6)  # six full windows
     # fits at windows 1, 2 (refusals 1, 2), window 3 skipped (2 in a row), fit 4, skip 5 and 6
     assert fake.calls == 3 and opt.num_refused == 3 and opt.controller.skipped == 3
@@ -145,7 +155,8 @@ def test_refusals_shrink_then_skip_fits_and_state_dict_keeps_the_controller(monk
     state = opt.state_dict()["koopman"]["controllers"][0]
     assert state["scale"] == 1.0 and state["refusals_in_a_row"] == 3
     other = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
-                             horizons=(4, 8), loss_fn=loss)
+                             horizons=(4, 8), loss_fn=loss,
+                             controller_options={"refusals_to_skip": 2})
     other.load_state_dict(opt.state_dict())
     assert other.controller.state_dict() == opt.controller.state_dict()
 

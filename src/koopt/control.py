@@ -15,7 +15,9 @@ evidence (measured in ``benchmarks/time_to_target.py``, see ``docs/optimizer.md`
   then cost half the skipped steps);
 - a refusal halves it, and after ``refusals_to_skip`` refusals in a row the next fits are
   skipped (1, 2, 4 ... windows, at most ``max_skip``): fits and loss checks that keep
-  failing cost time and give nothing. An accepted jump ends the skipping.
+  failing cost time and give nothing. An accepted jump ends the skipping. An accepted
+  jump is worth tens of gradient steps, a refused check a few, so skipping starts late
+  (4 refusals; on the digits MLP refusals come in pairs between accepted jumps).
 
 The grid keeps its shape (the base horizons' ratios); only its scale changes, between
 ``min_scale`` and ``max_scale``. Horizons are in snapshots (multiples of the stride).
@@ -51,7 +53,7 @@ class HorizonController:
         shrink: float = 0.5,
         min_scale: float = 1.0,
         max_scale: float = 64.0,
-        refusals_to_skip: int = 2,
+        refusals_to_skip: int = 4,
         max_skip: int = 8,
     ) -> None:
         base = sorted({int(b) for b in base})
