@@ -129,8 +129,7 @@ def test_resume_after_interrupt_recomputes_nothing(tmp_path, monkeypatch, capsys
 
 
 def test_jobs_give_the_serial_results(tmp_path) -> None:
-    argv = ["reproduce", "mnist", "--seeds", "3", "--t1", "10", "--window", "30", "--horizons",
-            "5,15", "--family", "node,layer_affine"]
+    argv = ["reproduce", "hnn", "--seeds", "3", *TINY]
     assert main([*argv, "--out", str(tmp_path / "serial")]) == 0
     assert main([*argv, "--jobs", "2", "--out", str(tmp_path / "par")]) == 0
     a = json.loads((tmp_path / "serial" / "results.json").read_text())
@@ -142,14 +141,14 @@ def test_jobs_give_the_serial_results(tmp_path) -> None:
 
 def test_optimizers_windows_report_and_compare(tmp_path, capsys) -> None:
     out = tmp_path / "multi"
-    assert main(["reproduce", "hnn", "--seeds", "1", "--optimizer", "adam,adagrad",
+    assert main(["reproduce", "hnn", "--seeds", "1", "--optimizer", "adam",
                  "--windows", "late,early", *TINY, "--out", str(out)]) == 0
     subs = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert subs == ["adagrad-early", "adagrad-late", "adam-early", "adam-late"]
+    assert subs == ["adam-early", "adam-late"]
     early = json.loads((out / "adam-early" / "results.json").read_text())
     assert early["config"]["t1"] == 0 and early["config"]["window_name"] == "early"
     assert early["config"]["optimizer"] == "adam" and early["config"]["lr"] == 8e-3
-    assert (out / "compare.md").read_text().count("| hnn ") == 4
+    assert (out / "compare.md").read_text().count("| hnn ") == 2
     # report rebuilds everything from results.json and trace.npz
     run = out / "adam-late"
     for name in ("report.md", "loss.png", "sweep.png"):
@@ -161,10 +160,33 @@ def test_optimizers_windows_report_and_compare(tmp_path, capsys) -> None:
     assert "Best Koopman variant" in md and "### T = 20" in md and "window_mean" in md
     # compare: one table (markdown + terminal) and one plot
     capsys.readouterr()
-    assert main(["compare", str(out / "adam-late"), str(out / "adagrad-late"), "--out",
+    assert main(["compare", str(out / "adam-late"), str(out / "adam-early"), "--out",
                  str(tmp_path / "cmp")]) == 0
     table = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "adam late" in table and "adagrad late" in table
+    assert "adam late" in table and "adam early" in table
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "koopt compare" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_sigterm_ends_like_ctrl_c(tmp_path, monkeypatch, capsys) -> None:
+    import os
+    import signal
+
+    real = runner.run_seed
+    calls: list[int] = []
+
+    def terminated_second(task, cfg, seed, **kw):
+        calls.append(seed)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(task, cfg, seed, **kw)
+
+    monkeypatch.setattr(runner, "run_seed", terminated_second)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "o"
+    rc = main(["reproduce", "hnn", "--seeds", "3", *TINY, "--out", str(out)])
+    assert rc == 130 and "--resume" in capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "interrupted" and len(res["runs"]) == 1
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored

@@ -654,10 +654,17 @@ def _run_parallel(worker: Callable[[int], Any], seeds: list[int], jobs: int,
                 rec, tr = fut.result()
                 finish(rec, tr)
     except BaseException:
+        # Ctrl-C: stop the workers now (their unfinished seeds are lost, finished ones saved)
+        procs = list(getattr(pool, "_processes", {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
         raise
     pool.shutdown(wait=True)
 
 
 def _init_worker() -> None:
+    import signal
+
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
