@@ -362,6 +362,16 @@ def summary_table(results: Mapping[str, Any], width: int | None = None) -> Any:
     for i, h in enumerate(header):
         h = h.replace(" at t2+T", "")
         table.add_column(escape(h), justify="left" if i == 0 else "right", no_wrap=True)
+    best = best_variant(results) if results.get("grid") else None
+    if best:
+        T = cfg.get("horizon")
+        key = rho_key(results)
+        table.caption += escape(
+            f"\nbest variant at T = {T}: {best}, median {key.replace('_', ' ')} "
+            f"{fmt(method_median(results, best, T, key))}, error2growth "
+            f"{fmt(method_median(results, best, T, 'error2growth'))}, window speedup "
+            f"{fmt(method_median(results, best, T, 'window_speedup'))} (all variants in "
+            f"report.md)")
     for r in rows:
         label = r[0]
         for long, brief in short.items():
