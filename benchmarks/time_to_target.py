@@ -238,14 +238,14 @@ def run_pair(task: str, seed: int, steps: int, every: int, options: dict) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: " + ",".join(TASKS))
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=None, help="default 5 (3 with --quick)")
     ap.add_argument("--quick", action="store_true", help="shorter runs, 3 seeds")
     ap.add_argument("--steps", type=int, default=None, help="override the gradient steps")
     ap.add_argument("--options", default="{}", help="JSON: KoopmanOptimizer keyword arguments")
     args = ap.parse_args()
     torch.set_num_threads(1)
     options = json.loads(args.options)
-    seeds = 3 if args.quick and args.seeds == 5 else args.seeds
+    seeds = args.seeds or (3 if args.quick else 5)
     tasks = [t for t in args.tasks.split(",") if t]
     print(f"torch threads: {torch.get_num_threads()}; options: {options or 'defaults'}")
     print(f"{'task':<13} {'seed':>4} {'plain s':>8} {'koop s':>8} {'speedup':>7} "
