@@ -190,3 +190,17 @@ def test_sigterm_ends_like_ctrl_c(tmp_path, monkeypatch, capsys) -> None:
     res = json.loads((out / "results.json").read_text())
     assert res["status"] == "interrupted" and len(res["runs"]) == 1
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+
+
+def test_best_variant_prefers_finite_on_every_seed() -> None:
+    from koopt.report import best_variant
+
+    def run(a: float, b: float) -> dict:
+        return {"methods": {"x": {"at": {"5": {"rho_train": a}}},
+                            "y": {"at": {"5": {"rho_train": b}}}}}
+
+    res = {"config": {"horizon": 5, "variants": [{"name": "x"}, {"name": "y"}]},
+           "summary": {}, "runs": [run(0.5, 0.9), run(0.6, 0.95), run(math.inf, 1.0)]}
+    assert best_variant(res) == "y"  # x has the lower median but diverged on one seed
+    res["runs"][2] = run(0.7, 1.0)
+    assert best_variant(res) == "x"

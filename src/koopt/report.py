@@ -421,12 +421,16 @@ def koopman_methods(results: Mapping[str, Any]) -> list[str]:
 
 def best_variant(results: Mapping[str, Any], T: int | None = None) -> str | None:
     """The Koopman variant with the lowest median ρ (validation if any) at T (default: the
-    headline horizon), diverged seeds counted as infinite; ties go to the earlier one."""
+    headline horizon) among those that stayed finite on every seed; if none did, the lowest
+    median with diverged seeds counted as infinite. Ties go to the earlier variant."""
     T = T or results.get("config", {}).get("horizon")
     key = rho_key(results)
+    scored = [(name, method_values(results, name, T, key)) for name in koopman_methods(results)]
+    scored = [(n, v) for n, v in scored if v]
+    finite = [(n, v) for n, v in scored if all(math.isfinite(x) for x in v)]
     best, best_v = None, math.inf
-    for name in koopman_methods(results):
-        v = method_median(results, name, T, key)
+    for name, vals in finite or scored:
+        v = float(np.median(vals))
         if v < best_v:
             best, best_v = name, v
     return best
@@ -451,8 +455,8 @@ def grid_markdown(results: Mapping[str, Any]) -> list[str]:
     best = best_variant(results)
     if best:
         out += [f"Best Koopman variant at the headline T = {cfg.get('horizon')} (lowest "
-                f"median {'validation ' if has_val else ''}ρ, diverged seeds counted as "
-                f"infinite): **{best}**.", ""]
+                f"median {'validation ' if has_val else ''}ρ among the variants finite on every "
+                f"seed): **{best}**.", ""]
     descr = {v["name"]: v.get("description", "") for v in cfg.get("variants", [])}
     if descr:
         out += ["Variants: " + "; ".join(f"`{k}` = {v}" for k, v in descr.items()) + ".", ""]
@@ -599,7 +603,8 @@ def write_compare(dirs: Sequence[Path], out: Path, console: Any = None) -> dict[
     md = ["# koopt compare", "",
           "Median over seeds (a diverged seed counts as infinite). ρ is validation ρ where "
           "the task has a validation set, else train ρ; best = lowest median ρ at the run's "
-          "headline T.", "", _md_table(head, rows), ""]
+          "headline T among the variants that stayed finite on every seed.", "",
+          _md_table(head, rows), ""]
     out.mkdir(parents=True, exist_ok=True)
     fig, (ax,) = _figure(1, width=8, height=5)
     for i, (d, res) in enumerate(loaded):
