@@ -67,6 +67,12 @@ def test_reproduce_mnist_quick_digits(tmp_path, capsys) -> None:
     assert rc == 0
     res = _check_results(out, "mnist", 1, val=True)
     assert res["config"]["dataset"] == "digits" and res["runs"][0]["n_params"] == 2350
+    # train and validation loss and accuracy for every method at every horizon
+    at = res["runs"][0]["methods"]["network_r4_affine_clip"]["at"]["10"]
+    opt = res["runs"][0]["optimizer_at"]["10"]
+    for k in ("train_acc", "val_acc"):
+        assert 0.0 <= at[k] <= 1.0 and 0.0 <= opt[k] <= 1.0
+    assert at["rho_val"] == pytest.approx(at["val_loss"] / opt["val"])
     assert "scikit-learn" in capsys.readouterr().out
 
 

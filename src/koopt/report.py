@@ -467,10 +467,11 @@ def grid_markdown(results: Mapping[str, Any]) -> list[str]:
         if has_val:
             line += f", val loss {_med(opt, 'val', False)}"
         if has_acc:
-            line += f", val accuracy {_med(opt, 'val_acc', False)}"
+            line += f", accuracy train {_med(opt, 'train_acc', False)} / val " \
+                    f"{_med(opt, 'val_acc', False)}"
         line += f"; T optimizer steps took {_med(opt, 'time', False)} s"
         head = ["method", "ρ train"] + (["ρ val"] if has_val else []) + \
-            (["val acc"] if has_acc else []) + ["error2growth", "window speedup",
+            (["train acc", "val acc"] if has_acc else []) + ["error2growth", "window speedup",
                                                 "diverged"]
         rows = []
         for name in names:
@@ -482,7 +483,8 @@ def grid_markdown(results: Mapping[str, Any]) -> list[str]:
             if has_val:
                 row.append(_grid_cell(results, name, h, "rho_val"))
             if has_acc:
-                row.append(_grid_cell(results, name, h, "val_acc"))
+                row += [_grid_cell(results, name, h, "train_acc"),
+                        _grid_cell(results, name, h, "val_acc")]
             row.append(_grid_cell(results, name, h, "error2growth"))
             if g.get("kind") == "koopman":
                 row += [_grid_cell(results, name, h, "window_speedup"),

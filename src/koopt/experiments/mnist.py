@@ -118,7 +118,7 @@ class MLP(nn.Module):
 class MNISTTask:
     """One classifier training run: stochastic optimizer steps on shuffled mini-batches
     (reshuffled every epoch, seeded); ``evaluate()`` = full-dataset train and validation
-    cross-entropy and validation accuracy."""
+    cross-entropy and accuracy."""
 
     name = "mnist"
 
@@ -159,6 +159,6 @@ class MNISTTask:
         return total / n, correct / n
 
     def evaluate(self) -> dict[str, float]:
-        tr, _ = self._loss_acc(self.data.x_train, self.data.y_train)
+        tr, tr_acc = self._loss_acc(self.data.x_train, self.data.y_train)
         va, acc = self._loss_acc(self.data.x_val, self.data.y_val)
-        return {"train": tr, "val": va, "val_acc": acc}
+        return {"train": tr, "val": va, "val_acc": acc, "train_acc": tr_acc}

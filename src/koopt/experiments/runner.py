@@ -337,8 +337,9 @@ def run_seed(task: Task, cfg: CycleConfig, seed: int, *, advance: ProgressFn | N
         if has_val:
             row["val_loss"] = ev.get("val")
             row["rho_val"] = metrics.loss_ratio(ev.get("val"), o["val"])
-        if "val_acc" in o:
-            row["val_acc"] = ev.get("val_acc")
+        for acc in ("train_acc", "val_acc"):
+            if acc in o:
+                row[acc] = ev.get(acc)
         row["error2growth"] = (math.nan if w is None or not bool(torch.isfinite(w).all())
                                else metrics.error2growth(w, kept[h], w_t2))
         return row
@@ -453,9 +454,10 @@ def run_seed(task: Task, cfg: CycleConfig, seed: int, *, advance: ProgressFn | N
     if has_val:
         rec.update(val_loss_t2=ev_t2["val"], val_loss_koopman=pa["val_loss"],
                    val_loss_optimizer=opt_ev[T]["val"], rho_val=pa["rho_val"])
-    if "val_acc" in ev_t2:
-        rec.update(val_acc_t2=ev_t2["val_acc"], val_acc_koopman=pa.get("val_acc"),
-                   val_acc_optimizer=opt_ev[T]["val_acc"])
+    for acc in ("train_acc", "val_acc"):
+        if acc in ev_t2:
+            rec.update({f"{acc}_t2": ev_t2[acc], f"{acc}_koopman": pa.get(acc),
+                        f"{acc}_optimizer": opt_ev[T][acc]})
     rec.update(error2growth=pa["error2growth"], time_train=time_train,
                time_optimizer_T=opt_time[T], time_fit=p["time_fit"],
                time_jump=pa.get("time_jump", math.nan),
@@ -481,14 +483,15 @@ def run_seed(task: Task, cfg: CycleConfig, seed: int, *, advance: ProgressFn | N
 #: the record fields summarized over seeds (in report order)
 SUMMARY_KEYS = (
     "loss_t2", "loss_koopman", "loss_optimizer", "rho_train", "val_loss_t2", "val_loss_koopman",
-    "val_loss_optimizer", "rho_val", "val_acc_koopman", "val_acc_optimizer", "error2growth",
+    "val_loss_optimizer", "rho_val", "train_acc_koopman", "train_acc_optimizer", "val_acc_koopman",
+    "val_acc_optimizer", "error2growth",
     "valid_horizon", "valid_horizon_val", "spectral_radius", "time_optimizer_T", "time_fit",
     "time_jump", "window_speedup", "time_to_target_optimizer",
     *[f"{p}{b}" for b in BASELINES for p in ("loss_", "rho_", "val_loss_", "rho_val_",
                                              "error2growth_")],
 )
 #: per method and horizon, summarized over seeds
-GRID_KEYS = ("loss", "rho_train", "val_loss", "rho_val", "val_acc", "error2growth",
+GRID_KEYS = ("loss", "rho_train", "val_loss", "rho_val", "train_acc", "val_acc", "error2growth",
              "time_jump", "window_speedup")
 #: per method, summarized over seeds
 METHOD_KEYS = ("valid_horizon", "valid_horizon_val", "spectral_radius", "time_fit",
@@ -519,7 +522,7 @@ def summarize_grid(runs: list[dict[str, Any]]) -> dict[str, Any]:
         hs = sorted({int(h) for o in opt for h in o})
         out["optimizer"] = {"kind": "optimizer", "at": {
             str(h): metrics.summarize_records([o[str(h)] for o in opt if str(h) in o],
-                                              ("train", "val", "val_acc", "time"))
+                                              ("train", "val", "train_acc", "val_acc", "time"))
             for h in hs}}
     return out
 
