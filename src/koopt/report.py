@@ -523,15 +523,25 @@ def plot_sweep(results: Mapping[str, Any], path: Path, title: str = "") -> Path:
     key = rho_key(results)
     cfg = results.get("config", {})
     hs = cfg.get("horizons") or [cfg.get("horizon")]
+    import matplotlib
+
     fig, (ax,) = _figure(1, width=7.5, height=4.8)
+    cmap = matplotlib.colormaps["tab20"]
+    top, low = 100.0, math.inf  # ρ above 100 is off the scale (marked at the top edge)
     for i, name in enumerate([*koopman_methods(results), *BASELINE_NAMES]):
-        ys = [method_median(results, name, h, key) for h in hs]
-        ys = [y if math.isfinite(y) else np.nan for y in ys]
+        ys = np.array([method_median(results, name, h, key) for h in hs], dtype=float)
+        low = min(low, float(np.nanmin(np.where(np.isfinite(ys), ys, np.nan)))
+                  if np.isfinite(ys).any() else low)
+        off = ~(ys <= top)
         ls = "--" if name in BASELINE_NAMES else "-"
-        ax.plot(hs, ys, ls, marker="o", ms=3, color=f"C{i % 10}", label=name)
+        line, = ax.plot(hs, np.where(off, top, ys), ls, marker="o", ms=3, color=cmap(i % 20),
+                        label=name + (" (off scale)" if off.any() else ""))
+        if off.any():
+            ax.plot(np.array(hs)[off], [top] * int(off.sum()), "^", color=line.get_color(), ms=7)
     ax.axhline(1.05, color="k", lw=0.8, ls=":", label="ρ = 1.05")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_ylim(min(0.9, low * 0.9) if math.isfinite(low) else 0.1, top * 1.5)
     ax.set_xlabel("horizon T (optimizer steps)")
     ax.set_ylabel(f"median {key.replace('_', ' ')} (lower is better)")
     ax.set_title(title or "loss ratio against horizon")
