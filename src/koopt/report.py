@@ -493,6 +493,15 @@ def grid_markdown(results: Mapping[str, Any]) -> list[str]:
                 row += ["–", "–"]
             rows.append(row)
         out += [line, "", _md_table(head, rows), ""]
+        key = rho_key(results)
+        for base in ("window_mean", "no_jump"):
+            ref = method_median(results, base, h, key)
+            beat = [n for n in koopman_methods(results)
+                    if method_median(results, n, h, key) < ref]
+            out.append(f"- Koopman variants with a lower median {key.replace('_', ' ')} than "
+                       f"`{base}` ({fmt(ref)}) at T = {h}: "
+                       + (", ".join(f"`{n}`" for n in beat) or "none") + ".")
+        out.append("")
     head = ["method", "valid horizon (train)"] + (["valid horizon (val)"] if has_val else []) \
         + ["spectral radius", "fit s", "time-to-target speedup"]
     rows = []
