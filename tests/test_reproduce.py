@@ -122,6 +122,7 @@ def test_resume_after_interrupt_recomputes_nothing(tmp_path, monkeypatch, capsys
     assert res["status"] == "complete" and res["resumed_seeds"] == [0]
     assert _timeless(res["runs"]) == _timeless(reference["runs"])
     assert res["grid"]["node"]["at"]["20"]["rho_train"]["n"] == 3
+    assert load_trace(out / "trace.npz").seed == 0  # the plots still show the first seed
     # resuming with another configuration is refused, the old file untouched
     assert main([*argv[:-1], "node", "--out", str(out), "--resume"]) == 2
     assert "cannot resume" in capsys.readouterr().err

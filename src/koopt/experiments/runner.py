@@ -576,7 +576,8 @@ def run_experiment(make_task: Callable[[int], Task], cfg: CycleConfig, out_dir: 
     run only the others. ``jobs`` > 1 runs seeds in that many processes through ``worker``
     (a picklable callable seed -> (record, trace)); records do not depend on the order.
     On KeyboardInterrupt the file is rewritten with ``status: "interrupted"`` (atomically)
-    and the interrupt propagates. Returns (results, trace of the lowest new seed).
+    and the interrupt propagates. Returns (results, trace of the lowest new seed, or the
+    saved one when resuming).
     """
     cfg.validate()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -598,6 +599,8 @@ def run_experiment(make_task: Callable[[int], Task], cfg: CycleConfig, out_dir: 
     write_json_atomic(path, results)
     trace: SeedTrace | None = None
     first = min(todo, default=None)
+    if previous and (out_dir / "trace.npz").exists():  # resumed: keep the first run's plots
+        trace, first = load_trace(out_dir / "trace.npz"), None
     if worker is not None and hasattr(worker, "trace_seed"):
         from dataclasses import replace
 
