@@ -132,12 +132,35 @@ def test_horizons_grow_while_the_longest_candidate_keeps_winning(monkeypatch):
     monkeypatch.setattr(koptim, "fit_family", fake)
     w, loss = toy(target=-100.0)  # far away: every jump wants to be as long as possible
     opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
-                           horizons=(1, 2, 4), loss_fn=loss)
+                           horizons=(1, 2, 4), loss_fn=loss, extend=3)
     train(opt, w, 1 + 2 * 4)  # 4 windows of 3 snapshots (the last of one starts the next)
     assert [r["horizons"] for r in opt.log] == [[1, 2, 4], [2, 4, 8], [4, 8, 16], [8, 16, 32]]
-    assert all(r["accepted"] and r["chosen"] == r["horizons"][-1] for r in opt.log)
-    assert opt.virtual_steps == 4 + 8 + 16 + 32
-    assert w.item() == pytest.approx(-1e-3 * (9 + 60))  # 9 gradient steps + 60 jumped
+    # the longest kept improving: three doublings within each check (extend=3)
+    assert [r["extended_horizons"] for r in opt.log] == [
+        [8, 16, 32], [16, 32, 64], [32, 64, 128], [64, 128, 256]
+    ]
+    assert all(r["accepted"] and r["chosen"] == r["extended_horizons"][-1] for r in opt.log)
+    assert opt.virtual_steps == 32 + 64 + 128 + 256
+    assert w.item() == pytest.approx(-1e-3 * (9 + 480))  # 9 gradient steps + 480 jumped
+
+
+def test_extension_stops_when_the_loss_rises_and_can_be_switched_off(monkeypatch):
+    monkeypatch.setattr(koptim, "fit_family", LinearFit(torch.tensor([-1e-3], dtype=torch.float64)))
+    # after the first window (3 steps) w = -0.003; target -0.0135: best horizon 10.5 steps
+    w, loss = toy(target=-0.0135)
+    opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                           horizons=(1, 2, 4), loss_fn=loss, adaptive=False, extend=3)
+    train(opt, w, 3)
+    rec = opt.log[0]
+    assert rec["losses"][-1] < rec["losses"][0]  # the longest grid candidate was the best
+    assert rec["extended_horizons"] == [8, 16] and rec["chosen"] == 8  # 16 overshoots
+    w2, loss2 = toy(target=-100.0)
+    off = KoopmanOptimizer(torch.optim.SGD([w2], lr=1e-3), warmup=1, stride=1, window=3,
+                           horizons=(1, 2, 4), loss_fn=loss2)  # the default: no extension
+    train(off, w2, 3)
+    assert "extended_horizons" not in off.log[0] and off.log[0]["chosen"] == 4
+    with pytest.raises(ValueError):
+        KoopmanOptimizer(torch.optim.SGD([w2], lr=1e-3), extend=-1)
 
 
 def test_refusals_shrink_then_skip_fits_and_state_dict_keeps_the_controller(monkeypatch):
