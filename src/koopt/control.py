@@ -10,10 +10,11 @@ evidence (measured in ``benchmarks/time_to_target.py``, see ``docs/optimizer.md`
 
 - an accepted jump whose best candidate was the *longest* one doubles the grid (the model
   still predicts well at the edge of what was tried);
-- an accepted jump with another best candidate leaves it (halving it when the shortest
-  won was tried: on the noisy digits MLP the shortest often wins by noise, and shrinking
-  then cost half the skipped steps);
-- a refusal halves it, and after ``refusals_to_skip`` refusals in a row the next fits are
+- an accepted jump whose best candidate was the *shortest* one halves it, and so does a
+  refusal, but never below the base grid (``min_scale`` 1): on the noisy digits MLP
+  refusals and shortest wins come from noise, and letting the grid shrink below the base
+  halved the steps the jumps skipped;
+- after ``refusals_to_skip`` refusals in a row the next fits are
   skipped (1, 2, 4 ... windows, at most ``max_skip``): fits and loss checks that keep
   failing cost time and give nothing. An accepted jump ends the skipping. An accepted
   jump is worth tens of gradient steps, a refused check a few, so skipping starts late
