@@ -472,7 +472,7 @@ def grid_markdown(results: Mapping[str, Any]) -> list[str]:
         line += f"; T optimizer steps took {_med(opt, 'time', False)} s"
         head = ["method", "ρ train"] + (["ρ val"] if has_val else []) + \
             (["train acc", "val acc"] if has_acc else []) + ["error2growth", "window speedup",
-                                                "diverged"]
+                                                             "incl. recording", "diverged"]
         rows = []
         for name in names:
             g = grid.get(name)
@@ -488,9 +488,10 @@ def grid_markdown(results: Mapping[str, Any]) -> list[str]:
             row.append(_grid_cell(results, name, h, "error2growth"))
             if g.get("kind") == "koopman":
                 row += [_grid_cell(results, name, h, "window_speedup"),
+                        _grid_cell(results, name, h, "window_speedup_all"),
                         str(g.get("n_diverged", 0))]
             else:
-                row += ["–", "–"]
+                row += ["–", "–", "–"]
             rows.append(row)
         out += [line, "", _md_table(head, rows), ""]
         key = rho_key(results)
