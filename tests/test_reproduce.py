@@ -205,3 +205,27 @@ def test_best_variant_prefers_finite_on_every_seed() -> None:
     assert best_variant(res) == "y"  # x has the lower median but diverged on one seed
     res["runs"][2] = run(0.7, 1.0)
     assert best_variant(res) == "x"
+
+
+def test_ctrl_c_with_jobs_stops_workers_and_keeps_results(tmp_path) -> None:
+    import multiprocessing as mp
+    import time
+
+    from koopt.experiments.runner import run_experiment
+    from koopt.experiments.tasks import SeedWorker, TaskSpec
+
+    cfg = CycleConfig(experiment="hnn", t1=5, window=20, horizon=5, seeds=[0, 1, 2, 3],
+                      variants=[VARIANTS["node"]])
+    spec = TaskSpec("hnn")
+
+    def stop(rec: dict) -> None:
+        raise KeyboardInterrupt  # Ctrl-C right after the first finished seed
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(spec, cfg, tmp_path, jobs=2, worker=SeedWorker(spec, cfg), on_seed=stop)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "interrupted" and len(res["runs"]) == 1
+    deadline = time.time() + 10
+    while mp.active_children() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not mp.active_children()
