@@ -50,6 +50,24 @@ def all_reduce_mean(value: float, group: Any = None) -> float:
     return float(t.item()) / dist.get_world_size(group)
 
 
+def _agree(flag: bool, op: Any, group: Any) -> bool:
+    if not is_distributed():
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=op, group=group)
+    return bool(t.item())
+
+
+def agree_any(flag: bool, group: Any = None) -> bool:
+    """True on every rank when ``flag`` is true on any rank."""
+    return _agree(flag, dist.ReduceOp.MAX, group)
+
+
+def agree_all(flag: bool, group: Any = None) -> bool:
+    """True on every rank only when ``flag`` is true on every rank."""
+    return _agree(flag, dist.ReduceOp.MIN, group)
+
+
 def broadcast_parameters(params: list[torch.Tensor], src: int = 0, group: Any = None) -> None:
     """Make every rank's replicated parameters bit-identical to rank ``src``'s."""
     if not is_distributed():
@@ -57,3 +75,16 @@ def broadcast_parameters(params: list[torch.Tensor], src: int = 0, group: Any = 
     with torch.no_grad():
         for p in params:
             dist.broadcast(p.data, src=src, group=group)
+
+
+def synced_loss(loss_fn: Callable[[], Any], group: Any = None) -> Callable[[], float]:
+    """Wrap a jump-check loss so every rank sees the mean over ranks, and so every rank takes
+    the same accept/refuse decision (each rank may check on its own data shard)."""
+
+    def check() -> float:
+        value = loss_fn()
+        if isinstance(value, torch.Tensor):
+            value = value.detach().double().item()
+        return all_reduce_mean(float(value), group)
+
+    return check

@@ -39,6 +39,14 @@ from torch import nn
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from koopt.control import HorizonController
+from koopt.distributed import (
+    agree_all,
+    agree_any,
+    all_reduce_mean,
+    gram_all_reduce,
+    is_distributed,
+    local_shard,
+)
 from koopt.families import fit_family
 from koopt.layout import ParameterLayout
 from koopt.snapshots import SnapshotBuffer, SnapshotSchedule, default_storage_dtype
@@ -180,6 +188,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         family_options: Mapping[str, Any] | None = None,
         writer: Any | None = None,
         log_path: str | None = None,
+        distributed: bool | None = None,
+        process_group: Any = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
@@ -237,6 +247,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self.scheduler = scheduler
         self.snapshot_dtype = snapshot_dtype
         self.family_options = dict(family_options or {})
+        self.distributed = is_distributed() if distributed is None else bool(distributed)
+        self.process_group = process_group
         self.writer = writer
         self.log_path = log_path
         self._names: dict[int, str] = {}
@@ -387,7 +399,13 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                 win = self._open_window(gi, group)
                 if win is None:
                     continue
-            win.buffer.append(self._flatten(win.params, win.buffer))
+            row = self._flatten(win.params, win.buffer)
+            if self.distributed:  # ranks add a snapshot together, or none does
+                last = win.buffer.last()
+                changed = last is None or not torch.equal(row.to(last.dtype), last)
+                win.buffer.append(row, force=agree_any(changed, self.process_group))
+            else:
+                win.buffer.append(row)
             if win.buffer.full:
                 ready.append(gi)
         if ready:
@@ -412,7 +430,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             self._windows.pop(gi, None)
             return None
         dtype = self.snapshot_dtype or default_storage_dtype(params)
-        numel = sum(p.numel() for p in params)
+        numel = sum(local_shard(p).numel() for p in params)
         buf = SnapshotBuffer(self.window, numel, dtype=dtype, device=params[0].device)
         win = _Window(params=params, buffer=buf)
         self._windows[gi] = win
@@ -421,7 +439,10 @@ class KoopmanOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _flatten(params: Sequence[torch.Tensor], buffer: SnapshotBuffer) -> torch.Tensor:
         return torch.cat(
-            [p.detach().reshape(-1).to(device=buffer.device, dtype=buffer.dtype) for p in params]
+            [
+                local_shard(p).detach().reshape(-1).to(device=buffer.device, dtype=buffer.dtype)
+                for p in params
+            ]
         )
 
     def _param_name(self, p: torch.Tensor, index: int) -> str:
@@ -449,19 +470,28 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         opts.update(self.family_options)
         return opts
 
-    def _fit(self, layout: ParameterLayout, snapshots: torch.Tensor) -> Any:
+    def _fit(
+        self, layout: ParameterLayout, snapshots: torch.Tensor, sharded: bool = False
+    ) -> Any:
         """The one place an operator is fitted: ``fit_family`` on (T, N) ``snapshots``.
 
         Kept single so that a distributed fit (a ``reduce_gram`` all-reduce) can be
         threaded through it.
         """
-        return fit_family(self.family, layout, snapshots, **self._fit_options())
+        options = self._fit_options()
+        if self.distributed and sharded and self.family in _RANKED_FAMILIES:
+            # each rank holds a shard of the coordinates: one all-reduce of the T x T Gram
+            options["reduce_gram"] = gram_all_reduce(self.process_group)
+        return fit_family(self.family, layout, snapshots, **options)
 
     def _eval_loss(self) -> float:
         assert self.loss_fn is not None
         with torch.no_grad():
             value = _as_float(self.loss_fn())
-        return value if math.isfinite(value) else math.inf
+        value = value if math.isfinite(value) else math.inf
+        if self.distributed:  # the same decision on every rank: the mean over ranks
+            value = all_reduce_mean(value, self.process_group)
+        return value
 
     def _jump(self, groups: list[int]) -> None:
         """Fit the full windows of ``groups`` jointly, check the candidates, keep or restore."""
@@ -476,7 +506,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             group = self.param_groups[gi]
             offset = 0
             for p in win.params:
-                n = p.numel()
+                n = local_shard(p).numel()
                 # A parameter frozen (or its lr set to 0) since the window opened is left alone.
                 if p.requires_grad and not ("lr" in group and _as_float(group["lr"]) == 0.0):
                     params.append(p)
@@ -485,7 +515,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         record: dict[str, Any] = {
             "step": self._step,
             "groups": list(groups),
-            "n_params": sum(p.numel() for p in params),
+            "n_params": sum(local_shard(p).numel() for p in params),
             "snapshots": self.window,
             "family": self.family,
             "horizons": [h * self.schedule.stride for h in candidates],
@@ -504,12 +534,15 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             whole = len(groups) == 1 and len(params) == len(self._windows[groups[0]].params)
             snapshots = self._windows[groups[0]].buffer.rows() if whole else torch.cat(cols, 1)
             del cols
-            layout = ParameterLayout([(self._param_name(p, index[id(p)]), p) for p in params])
+            layout = ParameterLayout(  # this rank's shards (the parameters themselves if whole)
+                [(self._param_name(p, index[id(p)]), local_shard(p)) for p in params]
+            )
             caught: list[warnings.WarningMessage] = []
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    fitted = self._fit(layout, snapshots)
+                    sharded = any(local_shard(p) is not p for p in params)
+                    fitted = self._fit(layout, snapshots, sharded=sharded)
             except (ValueError, RuntimeError, ArithmeticError) as err:
                 record["reason"] = f"fit failed: {type(err).__name__}: {err}"
                 return
@@ -559,14 +592,15 @@ class KoopmanOptimizer(torch.optim.Optimizer):
 
         Returns the accepted horizon in gradient steps (0 when refused).
         """
-        saved = [p.detach().clone() for p in params]
+        local = layout.params  # this rank's shards; ``params`` key the optimizer state
+        saved = [p.detach().clone() for p in local]
         t_check = time.perf_counter()
-        low_precision = any(p.dtype in _LOW_PRECISION for p in params)
+        low_precision = any(p.dtype in _LOW_PRECISION for p in local)
 
         def write(candidate: torch.Tensor) -> None:
             layout.write_(candidate)
             if low_precision:
-                lost = _unrepresented_fraction(params, saved, candidate) or 0.0
+                lost = _unrepresented_fraction(local, saved, candidate) or 0.0
                 record["unrepresented_fraction"] = max(
                     lost, record.get("unrepresented_fraction", 0.0)
                 )
@@ -580,10 +614,16 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             except (ValueError, RuntimeError, ArithmeticError):  # one at a time instead
                 batch = None
 
-        def candidate(k: int) -> torch.Tensor | None:
+        def local_candidate(k: int) -> torch.Tensor | None:
             if batch is None or k >= batch.shape[0]:
                 return self._predict(fitted, candidates[k])
             return batch[k] if bool(torch.isfinite(batch[k]).all()) else None
+
+        def candidate(k: int) -> torch.Tensor | None:
+            cand = local_candidate(k)
+            if self.distributed and not agree_all(cand is not None, self.process_group):
+                return None  # non-finite on some rank: every rank skips it
+            return cand
 
         try:
             if self.loss_fn is None:  # the paper's unchecked jump: the longest finite horizon
@@ -628,12 +668,12 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     record["extended_losses"] = losses[n_grid:]
                 scored = [(v, k) for k, v in enumerate(losses) if v is not None]
                 if not scored:
-                    self._restore(params, saved)
+                    self._restore(local, saved)
                     record["reason"] = "all candidates non-finite"
                     return 0
                 best_loss, best = min(scored)
                 if not best_loss < record["loss_before"]:
-                    self._restore(params, saved)
+                    self._restore(local, saved)
                     record["reason"] = "no candidate beats the current loss"
                     return 0
                 record["loss_after"] = best_loss
@@ -641,7 +681,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                 assert cand is not None
             write(cand)
         except BaseException:
-            self._restore(params, saved)
+            self._restore(local, saved)
             raise
         finally:
             record["check_s"] = time.perf_counter() - t_check
@@ -765,7 +805,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         for gi, saved in state["windows"].items():
             params = [by_index[int(i)] for i in saved["params"]]
             rows = torch.as_tensor(saved["rows"])
-            numel = sum(p.numel() for p in params)
+            numel = sum(local_shard(p).numel() for p in params)
             buf = SnapshotBuffer(self.window, numel, dtype=rows.dtype, device=params[0].device)
             buf.load_state_dict({"rows": rows})
             windows[int(gi)] = _Window(params=params, buffer=buf)

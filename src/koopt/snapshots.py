@@ -104,15 +104,20 @@ class SnapshotBuffer:
         """The most recent snapshot, or None when empty."""
         return self._data[self._len - 1] if self._len else None
 
-    def append(self, row: torch.Tensor) -> bool:
+    def append(self, row: torch.Tensor, force: bool | None = None) -> bool:
         """Add ``row`` (numel,) unless it equals the last snapshot; False when skipped.
+
+        ``force`` overrides that test (True: add, False: skip), e.g. with the decision of
+        all ranks of a sharded model, whose local shards may not all have changed.
 
         When the buffer is full the oldest row is dropped (a sliding window).
         """
         if row.shape != (self.numel,):
             raise ValueError(f"snapshot has shape {tuple(row.shape)}, expected ({self.numel},)")
         row = row.to(device=self._data.device, dtype=self.dtype)
-        if self._len and torch.equal(row, self._data[self._len - 1]):
+        if force is False or (
+            force is None and self._len and torch.equal(row, self._data[self._len - 1])
+        ):
             return False
         if self._len >= self.capacity:
             self._data[:-1] = self._data[1:].clone()
