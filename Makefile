@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/koopt reproduce mnist --quick
 
 test: $(TEST_STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
 bench-quick: $(TEST_STAMP)

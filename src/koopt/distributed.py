@@ -75,16 +75,3 @@ def broadcast_parameters(params: list[torch.Tensor], src: int = 0, group: Any = 
     with torch.no_grad():
         for p in params:
             dist.broadcast(p.data, src=src, group=group)
-
-
-def synced_loss(loss_fn: Callable[[], Any], group: Any = None) -> Callable[[], float]:
-    """Wrap a jump-check loss so every rank sees the mean over ranks, and so every rank takes
-    the same accept/refuse decision (each rank may check on its own data shard)."""
-
-    def check() -> float:
-        value = loss_fn()
-        if isinstance(value, torch.Tensor):
-            value = value.detach().double().item()
-        return all_reduce_mean(float(value), group)
-
-    return check
