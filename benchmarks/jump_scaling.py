@@ -109,7 +109,15 @@ def measure(n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="stop at N = 1e6")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for both the jump and the streaming pass (default 1: "
+        "on a shared 2-core machine more threads make both noisy)",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     sizes = [10**k for k in range(4, 7 if args.quick else 9)]
     rows = []
     print(
