@@ -648,13 +648,18 @@ def write_compare(dirs: Sequence[Path], out: Path, console: Any = None) -> dict[
     md += ["![median ρ of each run's best variant against T](compare.png)", ""]
     written["markdown"] = write_text_atomic(out / "compare.md", "\n".join(md))
     if console is not None:
+        from rich import box
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title="koopt compare (medians over seeds)")
-        for i, h in enumerate(head):
-            table.add_column(escape(h), justify="left" if i < 1 else "right")
+        short = ["run", "n", "T", "best variant", "ρ", "e2g", "speedup", "ρ node", "ρ stay",
+                 "ρ mean", "ρ linear"]
+        table = Table(title="koopt compare (medians over seeds; details in compare.md)",
+                      box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+        for i, h in enumerate(short):
+            table.add_column(escape(h), justify="left" if i in (0, 3) else "right",
+                             no_wrap=True)
         for r in rows:
-            table.add_row(*[escape(c) for c in r])
+            table.add_row(escape(r[0].split(" (")[0]), *[escape(c) for c in r[1:]])
         console.print(table)
     return written
