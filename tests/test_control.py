@@ -163,6 +163,35 @@ def test_extension_stops_when_the_loss_rises_and_can_be_switched_off(monkeypatch
         KoopmanOptimizer(torch.optim.SGD([w2], lr=1e-3), extend=-1)
 
 
+def test_stop_on_rise_scores_shortest_first_and_stops_past_the_minimum(monkeypatch):
+    direction = torch.tensor([-1e-3], dtype=torch.float64)
+    monkeypatch.setattr(koptim, "fit_family", LinearFit(direction))
+    # after the first window w = -0.003; target -0.006: loss 0 at 3 steps ahead, so of
+    # candidates 1, 2, 4, 8 the losses fall, fall, rise: 8 is never scored
+    calls = []
+    w, loss = toy(target=-0.006)
+    counted = lambda: calls.append(1) or loss()  # noqa: E731
+    opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                           horizons=(1, 2, 4, 8), loss_fn=counted, adaptive=False,
+                           stop_on_rise=True)
+    train(opt, w, 3)
+    rec = opt.log[0]
+    assert rec["stopped_at"] == 2 and rec["losses"][3] is None and len(calls) == 4
+    assert rec["accepted"] and rec["chosen"] == 2
+    assert w.item() == pytest.approx(-0.005)
+    # a refusal costs two evaluations: the current loss and the shortest candidate
+    calls.clear()
+    w2, loss2 = toy(target=1.0)  # every step ahead moves away from the target
+    counted2 = lambda: calls.append(1) or loss2()  # noqa: E731
+    refuse = KoopmanOptimizer(torch.optim.SGD([w2], lr=1e-3), warmup=1, stride=1, window=3,
+                              horizons=(1, 2, 4, 8), loss_fn=counted2, stop_on_rise=True,
+                              extend=3)
+    train(refuse, w2, 3)
+    rec = refuse.log[0]
+    assert len(calls) == 2 and rec["stopped_at"] == 0 and not rec["accepted"]
+    assert "extended_horizons" not in rec and w2.item() == pytest.approx(-0.003)
+
+
 def test_refusals_shrink_then_skip_fits_and_state_dict_keeps_the_controller(monkeypatch):
     fake = LinearFit(torch.tensor([1.0], dtype=torch.float64))
     monkeypatch.setattr(koptim, "fit_family", fake)
