@@ -176,6 +176,21 @@ def test_float32_drift_is_predicted_within_one_percent():
 
 
 @pytest.mark.parametrize("affine", [False, True])
+def test_float32_rounding_noise_is_not_rank(affine):
+    """Fewer coordinates than snapshots (no method of snapshots): a drift stored in float32
+    has rank 2 (1 centred); the rounding noise (~4e-8) must not count as rank, or the
+    full-rank fit grows (spectral radius 1.46 and a 1e33 prediction before the fix)."""
+    w0 = 0.3 * torch.randn(9, generator=torch.Generator().manual_seed(0))
+    X = torch.stack([w0 + 0.01 * k for k in range(10)], 1)  # float32
+    model = fit_dmd(X, affine=affine)
+    assert model.rank == (1 if affine else 2)
+    assert model.spectral_radius == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(model.predict(250).numpy(), (w0 + 0.01 * 259).numpy(), atol=1e-4)
+    # the same data in float64 is exact to float64's precision: nothing is cut there
+    assert fit_dmd(X.double(), affine=affine).rank > model.rank
+
+
+@pytest.mark.parametrize("affine", [False, True])
 @pytest.mark.parametrize("D", [3, 5000])
 def test_constant_and_zero_windows(affine, D):
     const = np.tile(np.linspace(-2, 3, D)[:, None], (1, 8))

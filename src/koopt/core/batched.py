@@ -20,16 +20,33 @@ from koopt.core.spectrum import spectral_radius, stabilized, validate_stabilize
 SVD_BUDGET = 2e8
 
 
-def _batched_pinv(F: torch.Tensor) -> torch.Tensor:
-    """pinv of each (n, m) block: SVD when cheap, else through the smaller Gram matrix."""
+def _batched_pinv(F: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
+    """pinv of each (n, m) block: SVD when cheap, else through the smaller Gram matrix.
+
+    ``rtol``: singular values below ``rtol * sigma_max`` count as zero (None: torch's
+    float64 default)."""
     G, n, m = F.shape
     if G * n * m * min(n, m) <= SVD_BUDGET:
-        return torch.linalg.pinv(F)
+        return torch.linalg.pinv(F, rtol=rtol)
+    gram_rtol = None if rtol is None else rtol**2  # the Gram matrix holds sigma^2
     if n <= m:
         gram = F @ F.transpose(1, 2)
-        return F.transpose(1, 2) @ torch.linalg.pinv(gram, hermitian=True)
+        return F.transpose(1, 2) @ torch.linalg.pinv(gram, hermitian=True, rtol=gram_rtol)
     gram = F.transpose(1, 2) @ F
-    return torch.linalg.pinv(gram, hermitian=True) @ F.transpose(1, 2)
+    return torch.linalg.pinv(gram, hermitian=True, rtol=gram_rtol) @ F.transpose(1, 2)
+
+
+def storage_rtol(dtype: torch.dtype, shape: Sequence[int]) -> float | None:
+    """Relative singular-value cut-off at the precision the snapshots were stored in.
+
+    Snapshots stored in float32 (or half precision) carry rounding noise of about eps of
+    that dtype; judged at float64 precision that noise looks like signal, and the seed's
+    pinv then fits it (spurious eigenvalues far outside the unit circle). numpy's
+    ``matrix_rank`` rule, max(n, m) * eps, with the storage dtype's eps. None for float64.
+    """
+    if not dtype.is_floating_point or dtype == torch.float64:
+        return None
+    return torch.finfo(dtype).eps * max(shape)
 
 
 class BatchedOperators:
@@ -98,7 +115,7 @@ def fit_operators(
         ones = data.new_ones(data.shape[0], 1, data.shape[2])
         data = torch.cat([data, ones], dim=1)
     X, Y = data[..., :-1], data[..., 1:]
-    U = Y @ _batched_pinv(X)
+    U = Y @ _batched_pinv(X, storage_rtol(F.dtype, X.shape[1:]))
     if affine:  # the constant coordinate stays exactly 1
         U[:, -1, :] = 0.0
         U[:, -1, -1] = 1.0

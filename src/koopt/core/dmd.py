@@ -244,7 +244,8 @@ def fit_dmd(
     else:
         Xc, Yc = Xs, Ys
     U, sigma, Vh = torch.linalg.svd(Xc, full_matrices=False)
-    r = choose_rank(sigma, tuple(Xc.shape), rank)
+    stored = Xt.dtype if Xt.dtype.is_floating_point else torch.float64
+    r = choose_rank(sigma, tuple(Xc.shape), rank, eps=torch.finfo(stored).eps)
     Ur, Sr, Vr = U[:, :r], sigma[:r], Vh[:r].T
     B = Yc @ Vr / Sr  # exact-DMD lift: A = B Ur^T
     raw = Ur.T @ B  # Atilde = Ur^T Yc Vr Sr^-1

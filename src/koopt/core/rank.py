@@ -37,11 +37,17 @@ def validate_rank(rank: RankSpec) -> None:
     )
 
 
-def numerical_rank(sigma: torch.Tensor, shape: tuple[int, int]) -> int:
-    """Count of singular values above max(shape) * eps * sigma_max (numpy's matrix_rank rule)."""
+def numerical_rank(
+    sigma: torch.Tensor, shape: tuple[int, int], eps: float = torch.finfo(torch.float64).eps
+) -> int:
+    """Count of singular values above max(shape) * eps * sigma_max (numpy's matrix_rank rule).
+
+    ``eps``: the machine epsilon of the dtype the snapshots were *stored* in. Float32
+    snapshots carry rounding noise of about 1e-7 of their size; judged with float64's eps
+    that noise counts as rank (and the full-rank fit then has spurious growing modes)."""
     if sigma.numel() == 0 or float(sigma[0]) == 0.0:
         return 0
-    tol = float(sigma[0]) * max(shape) * torch.finfo(torch.float64).eps
+    tol = float(sigma[0]) * max(shape) * eps
     return int((sigma > tol).sum())
 
 
@@ -50,9 +56,15 @@ def svht_omega(beta: float) -> float:
     return 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
 
 
-def choose_rank(sigma: torch.Tensor, shape: tuple[int, int], rank: RankSpec) -> int:
-    """The effective rank for singular values ``sigma`` (descending) of a matrix of ``shape``."""
-    r_num = numerical_rank(sigma, shape)
+def choose_rank(
+    sigma: torch.Tensor,
+    shape: tuple[int, int],
+    rank: RankSpec,
+    eps: float = torch.finfo(torch.float64).eps,
+) -> int:
+    """The effective rank for singular values ``sigma`` (descending) of a matrix of ``shape``
+    whose entries were stored with machine epsilon ``eps``."""
+    r_num = numerical_rank(sigma, shape, eps)
     if r_num == 0:
         return 0
     if rank is None:
