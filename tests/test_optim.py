@@ -550,6 +550,15 @@ def test_bad_options_are_rejected():
     for bad in ({"family": "nodes"}, {"state_policy": "rescale"}, {"window": 1}, {"horizons": ()}):
         with pytest.raises(ValueError):
             KoopmanOptimizer(opt, **bad)
+    # fit options fail at construction, not as a refusal at every window of training
+    for bad, says in (({"stabilize": "foo"}, "stabilize"), ({"rank": 0}, "rank"),
+                      ({"family": "quasi_node", "family_options": {"q": 0}}, "q must be"),
+                      ({"family_options": {"bogus": 1}}, "bogus")):
+        with pytest.raises(ValueError, match=says):
+            KoopmanOptimizer(opt, **bad)
+    state = torch.get_rng_state()
+    KoopmanOptimizer(opt, family="node")  # the option check leaves the global RNG alone
+    assert torch.equal(state, torch.get_rng_state())
     with pytest.raises(TypeError):
         KoopmanOptimizer(KoopmanOptimizer(opt))
 

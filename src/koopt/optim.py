@@ -39,6 +39,8 @@ from torch import nn
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from koopt.control import HorizonController
+from koopt.core.rank import validate_rank
+from koopt.core.spectrum import validate_stabilize
 from koopt.distributed import (
     agree_all,
     agree_any,
@@ -47,7 +49,7 @@ from koopt.distributed import (
     is_distributed,
     local_shard,
 )
-from koopt.families import fit_family
+from koopt.families import FAMILIES, fit_family
 from koopt.layout import ParameterLayout
 from koopt.snapshots import SnapshotBuffer, SnapshotSchedule, default_storage_dtype
 
@@ -132,7 +134,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         horizons: candidate jump lengths in gradient steps (rounded to multiples of
             ``stride``) at the start; each is written and checked with ``loss_fn``.
         adaptive: tune the candidate horizons and skip fits online from the checks'
-            outcomes (``koopt.control.HorizonController``); needs ``loss_fn``. False keeps
+            outcomes (``koopt.control.HorizonController``); needs ``loss_fn`` (without
+            one it has nothing to learn from and the grid stays fixed). False keeps
             ``horizons`` fixed.
         extend: when the longest candidate is the best one checked, try up to this many
             doublings of it within the same check, as long as each improves the loss
@@ -260,6 +263,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self._names: dict[int, str] = {}
         if module is not None:
             self._names = {id(p): n for n, p in module.named_parameters()}
+        self._check_fit_options()
 
         self.log: list[dict[str, Any]] = []
         self._windows: dict[int, _Window] = {}
@@ -475,6 +479,27 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             opts.update(rank=rank, delays=self.delays)
         opts.update(self.family_options)
         return opts
+
+    def _check_fit_options(self) -> None:
+        """Refuse bad fit options now, not as a refusal logged at every window of training:
+        the options are checked, then tried once on a tiny synthetic window."""
+        validate_rank(self.rank)
+        validate_stabilize(self.stabilize)
+        # a 3-input, 2-unit layer; zeros, so the global RNG of the user is left alone
+        probe = [("probe.weight", torch.zeros(2, 3, dtype=torch.float64)),
+                 ("probe.bias", torch.zeros(2, dtype=torch.float64))]
+        layout = ParameterLayout(probe)
+        g = torch.Generator().manual_seed(0)  # a private generator for the same reason
+        snapshots = torch.randn(self.window, layout.numel, dtype=torch.float64, generator=g)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                FAMILIES[self.family](layout, snapshots, **self._fit_options())
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"KoopmanOptimizer: family {self.family!r} cannot fit with these options "
+                f"({self._fit_options()}): {err}"
+            ) from None
 
     def _fit(
         self, layout: ParameterLayout, snapshots: torch.Tensor, sharded: bool = False
