@@ -157,3 +157,63 @@ def test_ctrl_c_keeps_finished_seeds(tmp_path, monkeypatch, capsys) -> None:
     assert res["status"] == "interrupted" and len(res["runs"]) == 1
     assert (out / "report.md").exists()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_out_must_be_a_fresh_folder_or_resumed(tmp_path, capsys) -> None:
+    args = ["reproduce", "hnn", "--seeds", "1", "--t1", "5", "--window", "10", "--horizon", "3"]
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    assert main([*args, "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"koopt: error: --out {a_file} is a file, not a folder"
+    out = tmp_path / "o"
+    assert main([*args, "--out", str(out)]) == 0
+    before = (out / "results.json").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 2  # a finished run is never overwritten
+    assert "pass --resume" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    # a corrupt results.json named, one line, no traceback
+    (out / "results.json").write_text("{\n")
+    capsys.readouterr()
+    assert main([*args, "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(out / "results.json") in err and "not valid JSON" in err
+
+
+def test_results_files_get_the_umask_mode(tmp_path) -> None:
+    import os
+    import stat
+
+    out = tmp_path / "o"
+    old = os.umask(0o022)
+    try:
+        assert main(["reproduce", "hnn", "--seeds", "1", "--t1", "5", "--window", "10",
+                     "--horizon", "3", "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    for name in ("results.json", "report.md", "loss.png"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--family", "network", "--delays", "1000"],
+     "needs at least 1001 snapshots; a window of 20 steps gives it 21;"),
+    (["--family", "network_r4_affine_clip_s100", "--horizon", "100"], "use a longer --window"),
+])
+def test_variants_a_window_cannot_feed_are_refused_up_front(tmp_path, capsys, extra, needle):
+    rc = main(["reproduce", "hnn", "--seeds", "1", "--t1", "5", "--window", "20", "--horizon",
+               "3", *extra, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and err.count("\n") == 0
+    assert not (tmp_path / "o").exists()
+
+
+def test_short_window_drops_strided_defaults_quietly(tmp_path) -> None:
+    out = tmp_path / "o"
+    assert main(["reproduce", "hnn", "--seeds", "1", "--t1", "5", "--window", "20",
+                 "--horizon", "100", "--out", str(out)]) == 0
+    names = [v["name"] for v in json.loads((out / "results.json").read_text())["config"]
+             ["variants"]]
+    assert "network_r4_affine_clip" in names and not any(n.endswith("_s100") for n in names)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from koopt import DivergentPredictionError, fit_dmd
+from koopt.core import fit_operators
 from koopt.core.rank import choose_rank
 from koopt.core.snapshots_space import gram_row, local_gram
 
@@ -263,9 +264,14 @@ def test_non_finite_snapshot_is_named(D):
         fit_dmd(X, affine=True)
 
 
-def test_negative_horizon_rejected():
+def test_negative_or_no_horizon_rejected():
+    model = fit_dmd(np.random.default_rng(0).normal(size=(3, 5)))
     with pytest.raises(ValueError, match="non-negative"):
-        fit_dmd(np.random.default_rng(0).normal(size=(3, 5))).predict(-1)
+        model.predict(-1)
+    with pytest.raises(ValueError, match="at least one horizon"):
+        model.predict([])
+    with pytest.raises(ValueError, match="at least one horizon"):
+        fit_operators(torch.ones(2, 3, 4)).predict([])
 
 
 def test_distributed_gram_reduction_matches_single_process():

@@ -182,13 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _variants(args: argparse.Namespace, experiment: str, horizons: list[int]) -> list[Any]:
-    from koopt.experiments.variants import FAMILY_NAMES, Variant, resolve_variants
+def _variants(args: argparse.Namespace, experiment: str, horizons: list[int],
+              window: int) -> list[Any]:
+    from koopt.experiments.variants import FAMILY_NAMES, Variant, check_window, resolve_variants
 
     custom = (args.rank, args.delays, args.q) != (None, None, None) or args.affine or \
         args.stabilize != "none"
     if not custom:
-        return resolve_variants(args.family, experiment, horizons)
+        return resolve_variants(args.family, experiment, horizons, window)
     fam = args.family.strip()
     if fam not in FAMILY_NAMES:
         raise ValueError(f"--rank/--delays/--q/--affine/--stabilize need exactly one family "
@@ -206,7 +207,9 @@ def _variants(args: argparse.Namespace, experiment: str, horizons: list[int]) ->
         if args.delays is not None:
             opts["delays"] = args.delays
     name = fam + "".join(f"_{k}{v}" if v is not True else f"_{k}" for k, v in opts.items())
-    return [Variant(name, fam, opts)]
+    variant = Variant(name, fam, opts)
+    check_window(variant, window)
+    return [variant]
 
 
 def _default_out(experiment: str) -> Path:
@@ -278,7 +281,7 @@ def _run_one(experiment: str, args: argparse.Namespace, out: Path, command: str,
         head = (f"[bold]mnist[/] ({data.name}): {data.n_features}-20-20-20-10 ReLU, batch 64 "
                 f"({steps} steps/epoch)")
     horizons = sorted({sizes.horizon, *sizes.horizons})
-    variants = _variants(args, experiment, horizons)
+    variants = _variants(args, experiment, horizons, sizes.window)
     combos = [(o, w) for o in args.optimizer for w in args.windows]
     results_all = []
     for opt, win in combos:
@@ -373,6 +376,17 @@ def _partial_report(out: Path) -> None:
         pass
 
 
+def _check_out(out: Path, resume: bool) -> None:
+    """--out must be a folder; one that holds results already needs --resume."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if not resume and out.is_dir():
+        found = sorted(out.glob("results.json")) + sorted(out.glob("*/results.json"))
+        if found:
+            raise ValueError(f"--out {out} already holds results ({found[0]}); pass --resume "
+                             "to continue that run, or choose another --out")
+
+
 def _report_cmd(dirs: Sequence[Path]) -> int:
     """``koopt report``: rebuild every report.md and plot under the given run folders."""
     from koopt.report import rebuild
@@ -439,13 +453,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     handlers = _terminate_as_interrupt()
     command = "koopt " + shlex.join(argv)
+    root = args.out
     if args.experiment == "all":
         root = args.out or _default_out("all")
         targets = [("hnn", root / "hnn"), ("mnist", root / "mnist")]
     else:
         targets = [(args.experiment, args.out or _default_out(args.experiment))]
-    current = targets[0][1]
+    current = root if args.experiment == "all" else targets[0][1]
     try:
+        _check_out(current, args.resume)
         for experiment, out in targets:
             current = out
             _run_one(experiment, args, out, command, console)
@@ -456,9 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"koopt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        saved = current / "results.json"
-        where = (f"finished seeds are saved in {saved}; continue with --resume"
-                 if saved.exists() else "no results were written")
+        saved = sorted(current.rglob("results.json")) if current.is_dir() else []
+        where = (f"finished seeds are saved in {', '.join(map(str, saved))}; continue with "
+                 f"--resume --out {current}" if saved else "no results were written")
         print(f"\nkoopt: interrupted; {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:

@@ -73,6 +73,8 @@ class BatchedOperators:
         """
         single = isinstance(h, int)
         horizons = [h] if single else [int(x) for x in h]
+        if not horizons:
+            raise ValueError("predict needs at least one horizon, got an empty sequence")
         if any(x < 0 for x in horizons):
             raise ValueError(f"horizons must be non-negative integers, got {horizons}")
         limit = torch.finfo(self._dtype).max if self._dtype.is_floating_point else 1.8e308

@@ -135,6 +135,8 @@ class DMDModel:
         sequence of ints; the caller's array kind and dtype. Non-negative powers only."""
         single = not isinstance(h, Sequence | torch.Tensor) and not hasattr(h, "__len__")
         horizons = [h] if single else [int(x) for x in h]
+        if not horizons:
+            raise ValueError("predict needs at least one horizon, got an empty sequence")
         for x in horizons:
             if int(x) != x or x < 0:
                 raise ValueError(f"horizons must be non-negative integers, got {x!r}")

@@ -563,7 +563,13 @@ def _load_previous(path: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
 
     if not path.exists():
         return []
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: cannot resume, the file is not valid JSON ({err}); move "
+                         "it away or use another --out") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"{path}: cannot resume, not a koopt results file")
     old_cfg = old.get("config", {})
     diff = [k for k in RESUME_KEYS if old_cfg.get(k) != config.get(k)]
     if diff:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Variant", "VARIANTS", "DEFAULT_VARIANTS", "resolve_variants", "FAMILY_NAMES"]
+__all__ = ["Variant", "VARIANTS", "DEFAULT_VARIANTS", "resolve_variants", "FAMILY_NAMES",
+           "check_window", "snapshots_used"]
 
 FAMILY_NAMES = ("single_weight", "quasi_node", "node", "layer", "network")
 
@@ -69,18 +70,39 @@ DEFAULT_VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def snapshots_used(v: Variant, window: int) -> int:
+    """How many snapshots ``v`` fits from a window of ``window`` recorded steps."""
+    return window // v.stride + 1
+
+
+def check_window(v: Variant, window: int) -> None:
+    """Refuse a variant that a window of ``window`` steps gives too few snapshots."""
+    need = int(v.options.get("delays", 1)) + 1 + int(bool(v.options.get("affine")))
+    have = snapshots_used(v, window)
+    if have < need:
+        every = f" (every {v.stride}th of {window + 1})" if v.stride > 1 else ""
+        raise ValueError(f"variant {v.name!r} needs at least {need} snapshots; a window of "
+                         f"{window} steps gives it {have}{every}; use a longer --window")
+
+
 def resolve_variants(spec: str | list[str] | None, experiment: str,
-                     horizons: list[int] | None = None) -> list[Variant]:
+                     horizons: list[int] | None = None,
+                     window: int | None = None) -> list[Variant]:
     """Names from ``--family``: variant names (``node`` is the seed's method), family names
     that are no variant name (``network``: every default variant of that family), or ``all``
-    (the experiment's defaults). None means ``all``. Strided variants
-    whose stride does not divide every horizon are left out of family/``all`` selections
-    and refused when named."""
+    (the experiment's defaults). None means ``all``. Strided variants whose stride does not
+    divide every horizon, or that a ``window`` of that many steps gives too few snapshots,
+    are left out of family/``all`` selections and refused when named."""
     defaults = DEFAULT_VARIANTS["hnn" if experiment == "hnn" else "mnist"]
     items = spec.split(",") if isinstance(spec, str) else list(spec or ["all"])
     hs = horizons or []
 
     def fits(v: Variant) -> bool:
+        if window is not None:
+            try:
+                check_window(v, window)
+            except ValueError:
+                return False
         return all(h % v.stride == 0 for h in hs)
 
     out: list[Variant] = []
@@ -92,6 +114,8 @@ def resolve_variants(spec: str | list[str] | None, experiment: str,
             picked = [VARIANTS[n] for n in defaults if fits(VARIANTS[n])]
         elif name in VARIANTS:
             v = VARIANTS[name]
+            if window is not None:
+                check_window(v, window)
             if not fits(v):
                 raise ValueError(f"variant {name!r} fits every {v.stride}th snapshot; every "
                                  f"horizon must be a multiple of {v.stride} (got {hs})")
@@ -101,8 +125,9 @@ def resolve_variants(spec: str | list[str] | None, experiment: str,
                       if VARIANTS[n].family == name and fits(VARIANTS[n])] or [
                           VARIANTS[name] if name in VARIANTS else Variant(name, name)]
         else:
+            names = dict.fromkeys(("all", *FAMILY_NAMES, *VARIANTS))  # each name once
             raise ValueError(f"unknown family or variant {name!r}; choose from "
-                             f"{', '.join(('all', *FAMILY_NAMES, *VARIANTS))}")
+                             f"{', '.join(names)}")
         for v in picked:
             if v not in out:
                 out.append(v)
