@@ -290,7 +290,7 @@ def _run_one(experiment: str, args: argparse.Namespace, out: Path, command: str,
         spec = TaskSpec(experiment, opt, args.lr, args.dtype, data_dir)
         console.print(f"{head}, {opt}, {win} window: t1={t1} window={sizes.window} "
                       f"T={','.join(map(str, horizons))}, {sizes.seeds} seed(s), "
-                      f"{len(variants)} variant(s) -> {sub_out}")
+                      f"{len(variants)} variant(s) -> {sub_out}", soft_wrap=True)
         from koopt.experiments.runner import CycleConfig
 
         cfg = CycleConfig(experiment=experiment, t1=t1, window=sizes.window,
@@ -340,7 +340,7 @@ def _run_cycle(experiment: str, cfg: Any, spec: Any, args: argparse.Namespace, o
             + f", error2growth {rec['error2growth']:.3g}, window speedup "
               f"{rec['window_speedup']:.3g} (T steps {rec['time_optimizer_T']:.3g} s, fit "
               f"{rec['time_fit']:.3g} s, jump {rec['time_jump']:.3g} s)"
-            + (" [diverged]" if rec["diverged"] else ""), highlight=False)
+            + (" [diverged]" if rec["diverged"] else ""), highlight=False, soft_wrap=True)
 
     worker = SeedWorker(spec, cfg) if args.jobs > 1 else None
     with progress:
