@@ -244,3 +244,63 @@ def test_real_training_with_the_controller_still_restores_or_improves():
     # every fit's grid is the base grid scaled by a power of two, in snapshots
     for r in opt.log:
         assert len(r["horizons"]) >= 1 and all(h % 2 == 0 for h in r["horizons"])
+
+
+def test_refine_goes_to_the_fine_timescale_once_before_skipping():
+    c = HorizonController([1, 2], refusals_to_skip=2, refine=True)
+    c.update(False, None, 2)
+    c.update(False, None, 2)  # 2 in a row: refine instead of skipping, count restarts
+    assert c.fine and c.refusals_in_a_row == 0 and c.should_fit()
+    c.update(False, None, 2)
+    c.update(False, None, 2)  # 2 in a row on the fine scale: now skip
+    assert not c.should_fit() and c.should_fit()
+    d = HorizonController([1, 2], refusals_to_skip=2, refine=True)
+    d.load_state_dict(c.state_dict())
+    assert d.fine and d.state_dict() == c.state_dict()
+
+
+def _refusing_wrapper(w, loss, **kwargs):
+    return KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=4, window=5,
+                            horizons=(8, 16), loss_fn=loss,
+                            controller_options={"refusals_to_skip": 2}, **kwargs)
+
+
+def test_wrapper_records_on_the_fine_timescale_after_refusals_and_resumes_there(monkeypatch):
+    fake = LinearFit(torch.tensor([1e-3], dtype=torch.float64))
+    monkeypatch.setattr(koptim, "fit_family", fake)
+    w, loss = toy(target=-1.0)  # every candidate moves away from the target: refused
+    opt = _refusing_wrapper(w, loss)
+    train(opt, w, 41)
+    # coarse windows (stride 4, 5 snapshots) end at 17 and 33; the second refusal in a row
+    # switches to stride 2, window 3 (the grid keeps its snapshots: 2, 4 -> 4, 8 steps)
+    assert [r["step"] for r in opt.log] == [17, 33, 37, 41]
+    assert "refined" not in opt.log[0]
+    assert opt.log[1]["refined"] == {"stride": 2, "window": 3}
+    assert [r["horizons"] for r in opt.log] == [[8, 16], [8, 16], [4, 8], [4, 8]]
+    assert [r["snapshots"] for r in opt.log] == [5, 5, 3, 3]
+    assert not any(r["accepted"] for r in opt.log) and w.item() == pytest.approx(-41e-3)
+    assert not opt.controller.should_fit()  # 2 refusals on the fine scale: skip one window
+
+    # saved in the middle of a fine window, resumed in a fresh wrapper: the same path
+    w1, loss1 = toy(target=-1.0)
+    first = _refusing_wrapper(w1, loss1)
+    train(first, w1, 35)
+    state = first.state_dict()
+    assert state["koopman"]["timescale"] == {"fine": True, "warmup": 33, "stride": 2,
+                                             "window": 3}
+    w2, loss2 = toy(target=-1.0)
+    w2.data.copy_(w1.data)
+    second = _refusing_wrapper(w2, loss2)
+    second.load_state_dict(state)
+    train(second, w2, 6)
+    assert [r["step"] for r in second.log] == [17, 33, 37, 41]
+    assert second.schedule.stride == 2 and second.window == 3
+    assert torch.equal(w2, w)
+
+    # refine=False: skipping starts right after the second coarse refusal
+    w3, loss3 = toy(target=-1.0)
+    plain = _refusing_wrapper(w3, loss3, refine=False)
+    train(plain, w3, 41)
+    assert [r["step"] for r in plain.log] == [17, 33] and plain.schedule.stride == 4
+    with pytest.raises(ValueError, match="refine"):
+        KoopmanOptimizer(torch.optim.SGD([w3], lr=1e-3), controller_options={"refine": True})

@@ -14,8 +14,12 @@ evidence (measured in ``benchmarks/time_to_target.py``, see ``docs/optimizer.md`
   refusal, but never below the base grid (``min_scale`` 1): on the noisy digits MLP
   refusals and shortest wins come from noise, and letting the grid shrink below the base
   halved the steps the jumps skipped;
-- after ``refusals_to_skip`` refusals in a row the next fits are
-  skipped (1, 2, 4 ... windows, at most ``max_skip``): fits and loss checks that keep
+- after ``refusals_to_skip`` refusals in a row, if ``refine`` is set, the wrapper is told
+  to record on a finer time scale (:attr:`fine`; shorter stride and window, as QuACK's
+  short windows) and the count starts again: where the coarse model never predicts well
+  (the HNN with Adam, heavy momentum), a short window often does;
+- after ``refusals_to_skip`` refusals in a row (on the fine scale, when refining) the next
+  fits are skipped (1, 2, 4 ... windows, at most ``max_skip``): fits and loss checks that keep
   failing cost time and give nothing. An accepted jump ends the skipping. An accepted
   jump is worth tens of gradient steps, a refused check a few, so skipping starts late
   (4 refusals; on the digits MLP refusals come in pairs between accepted jumps).
@@ -43,6 +47,7 @@ class HorizonController:
         min_scale, max_scale: bounds of the scale.
         refusals_to_skip: refusals in a row before fits start being skipped (0: never skip).
         max_skip: the most windows skipped in a row.
+        refine: go to the finer time scale (:attr:`fine`) once, before skipping.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class HorizonController:
         max_scale: float = 64.0,
         refusals_to_skip: int = 4,
         max_skip: int = 8,
+        refine: bool = False,
     ) -> None:
         base = sorted({int(b) for b in base})
         if not base or base[0] < 1:
@@ -74,6 +80,8 @@ class HorizonController:
         self.max_scale = float(max_scale)
         self.refusals_to_skip = int(refusals_to_skip)
         self.max_skip = int(max_skip)
+        self.refine = bool(refine)
+        self.fine = False
         self.scale = 1.0
         self.refusals_in_a_row = 0
         self.skip_left = 0
@@ -106,6 +114,10 @@ class HorizonController:
         self.refusals_in_a_row += 1
         self.scale = max(self.scale * self.shrink, self.min_scale)
         if self.refusals_to_skip and self.refusals_in_a_row >= self.refusals_to_skip:
+            if self.refine and not self.fine:  # try the finer time scale before skipping
+                self.fine = True
+                self.refusals_in_a_row = 0
+                return
             k = self.refusals_in_a_row - self.refusals_to_skip
             self.skip_left = min(2**k, self.max_skip)
 
@@ -115,6 +127,7 @@ class HorizonController:
             "refusals_in_a_row": self.refusals_in_a_row,
             "skip_left": self.skip_left,
             "skipped": self.skipped,
+            "fine": self.fine,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -125,3 +138,4 @@ class HorizonController:
         self.refusals_in_a_row = int(state["refusals_in_a_row"])
         self.skip_left = int(state["skip_left"])
         self.skipped = int(state.get("skipped", 0))
+        self.fine = bool(state.get("fine", False))

@@ -146,6 +146,11 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             does not improve on the best point so far (the current weights included): a
             line search along the fitted trajectory. A refused check then costs two loss
             evaluations instead of one per candidate. False scores every candidate.
+        refine: after ``refusals_to_skip`` (default 4) refusals in a row, record on a finer
+            time scale from then on: half the stride, 3/5 of the window (at least
+            ``delays + 2``), the same candidate grid in snapshots (so half the steps). Where
+            the coarse window never predicts well a short one often does (HNN with Adam,
+            ``docs/optimizer.md``); only then do fits start being skipped. False: skip at once.
         controller_options: keyword arguments for ``HorizonController`` (grow, shrink,
             min_scale, max_scale, refusals_to_skip, max_skip).
         loss_fn: ``loss_fn() -> float`` evaluated under ``no_grad`` on the model as it
@@ -187,6 +192,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         adaptive: bool = True,
         extend: int = 0,
         stop_on_rise: bool = False,
+        refine: bool = True,
         controller_options: Mapping[str, Any] | None = None,
         state_policy: str = "keep",
         bn_recalibrate: Callable[[], Any] | None = None,
@@ -246,9 +252,18 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             raise ValueError(f"extend must be >= 0, got {extend}")
         self.extend = int(extend)
         self.stop_on_rise = bool(stop_on_rise)
+        # the finer time scale of ``refine``; no refinement when it is no finer
+        self._fine_stride = max(1, self.schedule.stride // 2)
+        self._fine_window = max(self.delays + 2, round(0.6 * self.window))
+        self._fine_window = min(self._fine_window, self.window)
+        self._refine = bool(refine) and (self._fine_stride, self._fine_window) != (
+            self.schedule.stride, self.window)
+        self._fine = False
         self._adaptive = bool(adaptive) and loss_fn is not None
         self._controller_options = dict(controller_options or {})
         HorizonController(base, **self._controller_options)  # validate the options now
+        if "refine" in self._controller_options:
+            raise ValueError("pass refine= to KoopmanOptimizer, not in controller_options")
         self._controllers: dict[int, HorizonController] = {}
         self.loss_fn = loss_fn
         self.state_policy = state_policy
@@ -316,9 +331,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         """The horizon controller of parameter group ``group`` (each group tunes its own)."""
         ctl = self._controllers.get(group)
         if ctl is None:
-            ctl = HorizonController(
-                self._base_horizons, adaptive=self._adaptive, **self._controller_options
-            )
+            options = {"refine": self._refine, **self._controller_options}
+            ctl = HorizonController(self._base_horizons, adaptive=self._adaptive, **options)
             self._controllers[group] = ctl
         return ctl
 
@@ -584,8 +598,6 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             record["fit_s"] = time.perf_counter() - t0
             accepted_horizon = self._check_and_write(layout, params, fitted, candidates, record)
         finally:
-            for gi in groups:
-                self._reopen(gi)
             if record["accepted"]:
                 self._accepted += 1
                 self._virtual_steps += accepted_horizon
@@ -597,9 +609,23 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                 else None
             )
             controller.update(bool(record["accepted"]), chosen, len(candidates))
+            if controller.fine and not self._fine:
+                self._use_fine_timescale()
+                record["refined"] = {"stride": self.schedule.stride, "window": self.window}
+            for gi in groups:
+                self._reopen(gi)
             record["virtual_steps"] = self._virtual_steps
             record["time_s"] = time.perf_counter() - t0
             self._emit(record)
+
+    def _use_fine_timescale(self) -> None:
+        """Record on the finer time scale of ``refine`` from this step on (every window
+        restarts at the current weights)."""
+        self._fine = True
+        self.schedule = SnapshotSchedule(warmup=self._step, stride=self._fine_stride)
+        self.window = self._fine_window
+        for gi in list(self._windows):
+            self._reopen(gi)
 
     def _predict(self, fitted: Any, h: int) -> torch.Tensor | None:
         """The weights ``h`` snapshots ahead (one candidate at a time: one extra copy)."""
@@ -801,6 +827,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             "accepted": self._accepted,
             "refused": self._refused,
             "param_shapes": self._param_shapes(),
+            "timescale": {"fine": self._fine, "warmup": self.schedule.warmup,
+                          "stride": self.schedule.stride, "window": self.window},
             "windows": windows,
             "controllers": {gi: c.state_dict() for gi, c in self._controllers.items()},
             "log": [dict(r) for r in self.log],
@@ -833,6 +861,13 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported koopman state version {state.get('version')!r}")
         self._check_compatible(state)
+        timescale = state.get("timescale")
+        if timescale is not None and timescale["fine"]:
+            self._fine = True
+            self.schedule = SnapshotSchedule(
+                warmup=int(timescale["warmup"]), stride=int(timescale["stride"])
+            )
+            self.window = int(timescale["window"])
         by_index: dict[int, torch.Tensor] = {}
         start = 0
         for group in self.param_groups:
