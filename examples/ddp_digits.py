@@ -9,6 +9,8 @@ replicas stay bit-identical.
 
 from __future__ import annotations
 
+import gc
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -57,6 +59,11 @@ def main() -> None:
             f"{opt.virtual_steps} steps skipped; validation loss {val:.4f}; "
             f"replicas bit-identical: {identical}"
         )
+    # Free the DDP model (its reducer) and everything that refers to it before the process
+    # group goes: gloo work still holding tensors at interpreter exit aborts the process.
+    del opt, check, model
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
