@@ -561,6 +561,24 @@ def test_bad_options_are_rejected():
     assert torch.equal(state, torch.get_rng_state())
     with pytest.raises(TypeError):
         KoopmanOptimizer(KoopmanOptimizer(opt))
+    for bad, says in (({"stride": 2.5}, "stride must be a whole number"),
+                      ({"warmup": 1.5}, "warmup must be a whole number"),
+                      ({"loss_fn": 3.0}, "loss_fn must be a callable")):
+        with pytest.raises(TypeError, match=says):
+            KoopmanOptimizer(opt, **bad)
+    for path in ("/", "/nonexistent-koopt-dir/log.jsonl"):
+        with pytest.raises(ValueError, match="log_path"):
+            KoopmanOptimizer(opt, log_path=path)
+
+
+def test_loss_fn_returning_no_single_number_is_named_and_logged():
+    model = mlp()
+    opt = wrapped(model, loss_fn=lambda: torch.ones(3))
+    X, y = data()
+    with pytest.raises(TypeError, match="loss_fn must return one number"):
+        train(model, opt, 20, X, y)
+    assert opt.log[-1]["reason"].startswith("check raised TypeError")
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def test_step_hooks_global_hooks_and_closure_without_torch_profiler_wrapper():
@@ -587,3 +605,28 @@ def test_step_hooks_global_hooks_and_closure_without_torch_profiler_wrapper():
     finally:
         h1.remove()
         h2.remove()
+
+
+def test_unchecked_jump_refuses_implausibly_far_candidates_and_weights_stay_finite():
+    # single-weight operators without a constant term or clipping on a noisy Adam run
+    # fit growing 1x1 "operators" (|lambda| up to 1.5): a 400-step unchecked jump used to
+    # write 1e34 into the model, NaN from the next step on
+    torch.manual_seed(0)
+    X, y = torch.randn(128, 6), torch.randn(128, 1)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = KoopmanOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), warmup=5, stride=2,
+                           window=5, family="single_weight", affine=False, stabilize="none",
+                           horizons=(400,))
+    for i in range(60):
+        idx = torch.arange(i % 4 * 32, i % 4 * 32 + 32)
+        opt.zero_grad()
+        F.mse_loss(model(X[idx]), y[idx]).backward()
+        opt.step()
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert opt.log and not any(r["accepted"] for r in opt.log)
+    assert any(r.get("implausible") for r in opt.log)
+    assert all("implausibly far" in r["reason"] or "non-finite" in r["reason"]
+               for r in opt.log)
+    # the bound: 10 x horizon x the window's mean step
+    biggest = max(float(p.detach().abs().max()) for p in model.parameters())
+    assert biggest < 10.0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from collections import OrderedDict
@@ -67,6 +68,21 @@ _BATCH_PREDICT_ELEMENTS = 1 << 22
 
 class JumpPrecisionWarning(UserWarning):
     """A jump moved the weights by less than their dtype (bf16/fp16) can represent."""
+
+
+#: An unchecked jump (no ``loss_fn``) may move at most this many times the window's mean
+#: snapshot-to-snapshot distance per snapshot of horizon (a straight line at the window's
+#: mean speed moves 1x; a clipped Koopman prediction cannot outrun that by much).
+UNCHECKED_MAX_RATIO = 10.0
+
+
+def _mean_step(snapshots: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The last of (T, N) snapshots and the mean norm of their T - 1 consecutive steps."""
+    steps = [
+        float(torch.linalg.vector_norm((snapshots[k + 1] - snapshots[k]).to(torch.float64)))
+        for k in range(snapshots.shape[0] - 1)
+    ]
+    return snapshots[-1], sum(steps) / max(1, len(steps))
 
 
 @dataclass
@@ -155,7 +171,9 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             min_scale, max_scale, refusals_to_skip, max_skip).
         loss_fn: ``loss_fn() -> float`` evaluated under ``no_grad`` on the model as it
             stands (use a fixed training subset, never validation data). ``None``: the
-            paper's unchecked jump to the longest horizon (only non-finite ones refused).
+            paper's unchecked jump to the longest horizon (non-finite candidates, and ones
+            that move more than ``UNCHECKED_MAX_RATIO`` times the window's mean step per
+            snapshot of horizon, are refused: nothing guards an unchecked jump otherwise).
         state_policy: inner optimizer state after an accepted jump: "keep" (moments
             stay, as Lookahead) or "reset" (cleared, as QuACK and optax
             ``lookahead(reset_state=True)``).
@@ -209,6 +227,18 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
         if isinstance(optimizer, KoopmanOptimizer):
             raise TypeError("optimizer is already a KoopmanOptimizer")
+        for name, value in (("warmup", warmup), ("stride", stride), ("window", window),
+                            ("delays", delays), ("extend", extend)):
+            if isinstance(value, bool) or int(value) != value:
+                raise TypeError(f"{name} must be a whole number, got {value!r}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be a callable returning the loss, got {loss_fn!r}")
+        if log_path is not None:
+            log_dir = os.path.dirname(os.path.abspath(log_path))
+            if os.path.isdir(log_path) or not os.path.isdir(log_dir):
+                raise ValueError(
+                    f"log_path {log_path!r} must name a file in an existing folder"
+                )
         if family not in _FAMILIES:
             raise ValueError(f"family must be one of {_FAMILIES}, got {family!r}")
         if state_policy not in ("keep", "reset"):
@@ -532,7 +562,14 @@ class KoopmanOptimizer(torch.optim.Optimizer):
     def _eval_loss(self) -> float:
         assert self.loss_fn is not None
         with torch.no_grad():
-            value = _as_float(self.loss_fn())
+            raw = self.loss_fn()
+        try:
+            value = _as_float(raw)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(
+                f"KoopmanOptimizer: loss_fn must return one number (a float or a one-element "
+                f"tensor), got {type(raw).__name__}: {err}"
+            ) from None
         value = value if math.isfinite(value) else math.inf
         if self.distributed:  # the same decision on every rank: the mean over ranks
             value = all_reduce_mean(value, self.process_group)
@@ -596,7 +633,13 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     record["fit_warnings"] = [str(w.message) for w in caught]
             record["spectral_radius"] = _as_float(getattr(fitted, "spectral_radius", math.nan))
             record["fit_s"] = time.perf_counter() - t0
-            accepted_horizon = self._check_and_write(layout, params, fitted, candidates, record)
+            reach = _mean_step(snapshots) if self.loss_fn is None else None
+            accepted_horizon = self._check_and_write(
+                layout, params, fitted, candidates, record, reach
+            )
+        except BaseException as err:  # weights already restored; say why in the log
+            record["reason"] = f"check raised {type(err).__name__}: {err}"
+            raise
         finally:
             if record["accepted"]:
                 self._accepted += 1
@@ -644,9 +687,13 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         fitted: Any,
         candidates: list[int],
         record: dict[str, Any],
+        mean_step: tuple[torch.Tensor, float] | None = None,
     ) -> int:
         """Write each finite candidate, evaluate it, keep the best one or restore exactly.
 
+        ``mean_step`` (unchecked jumps only): the last snapshot and the window's mean
+        distance between consecutive snapshots; a candidate farther from the last snapshot
+        than ``UNCHECKED_MAX_RATIO`` x horizon x that distance is refused as implausible.
         Returns the accepted horizon in gradient steps (0 when refused).
         """
         local = layout.params  # this rank's shards; ``params`` key the optimizer state
@@ -673,8 +720,16 @@ class KoopmanOptimizer(torch.optim.Optimizer):
 
         def local_candidate(k: int) -> torch.Tensor | None:
             if batch is None or k >= batch.shape[0]:
-                return self._predict(fitted, candidates[k])
-            return batch[k] if bool(torch.isfinite(batch[k]).all()) else None
+                cand = self._predict(fitted, candidates[k])
+            else:
+                cand = batch[k] if bool(torch.isfinite(batch[k]).all()) else None
+            if cand is not None and mean_step is not None:
+                last, step = mean_step
+                moved = float(torch.linalg.vector_norm((cand - last).to(torch.float64)))
+                if not moved <= UNCHECKED_MAX_RATIO * candidates[k] * step:
+                    record["implausible"] = record.get("implausible", 0) + 1
+                    return None
+            return cand
 
         def candidate(k: int) -> torch.Tensor | None:
             cand = local_candidate(k)
@@ -691,7 +746,11 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                         best = k
                         break
                 if cand is None:
-                    record["reason"] = "all candidates non-finite"
+                    record["reason"] = (
+                        "every candidate non-finite or implausibly far"
+                        if record.get("implausible")
+                        else "all candidates non-finite"
+                    )
                     return 0
             else:
                 record["loss_before"] = self._eval_loss()
