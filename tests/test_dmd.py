@@ -262,6 +262,24 @@ def test_non_finite_snapshot_is_named(D):
     X[1, 3] = np.inf
     with pytest.raises(ValueError, match="snapshot"):
         fit_dmd(X, affine=True)
+    X[1, 3] = 1.0
+    X[0, :4] = np.nan  # the reference and the next three: all four named
+    with pytest.raises(ValueError, match=r"snapshot\(s\) 0, 1, 2, 3 contain non-finite"):
+        fit_dmd(X)
+
+
+def test_finite_but_overflowing_snapshots_are_called_too_large():
+    X = np.random.default_rng(0).standard_normal((50, 6)) * 1e200
+    with pytest.raises(ValueError, match="too large"):
+        fit_dmd(X)
+
+
+def test_predict_refuses_a_string_horizon():
+    X = np.random.default_rng(0).standard_normal((3, 6))
+    model = fit_dmd(X)
+    with pytest.raises(TypeError, match="horizon"):
+        model.predict("12")
+    assert model.predict(np.int64(2)).shape == (3,)
 
 
 def test_negative_or_no_horizon_rejected():

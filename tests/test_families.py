@@ -138,6 +138,23 @@ def test_families_keep_float32_and_refuse_unknown_options():
         fit_family("node", layout, snaps[:, :5])
 
 
+def test_fit_family_takes_numpy_lists_and_integers_like_fit_dmd():
+    layout = ParameterLayout.from_module(mlp())
+    snaps, _, _ = node_system(layout, T=40)
+    want = fit_family("node", layout, snaps).predict([3, 7])
+    from_numpy = fit_family("node", layout, snaps.numpy()).predict([3, 7])
+    from_list = fit_family("node", layout, list(snaps)).predict([3, 7])
+    assert torch.equal(from_numpy, want) and torch.equal(from_list, want)
+    ints = fit_family("network", layout, (snaps * 1000).round().to(torch.int64), affine=True)
+    assert ints.predict(2).dtype == torch.float64  # never truncated to integers
+    with pytest.raises(TypeError, match="horizon"):
+        ints.predict("12")
+    with pytest.raises(ValueError, match="non-negative"):
+        ints.predict([-1])
+    with pytest.raises(ValueError, match="no snapshots"):
+        fit_family("node", layout, [])
+
+
 def test_batched_growing_operators_raise_clip_and_affine():
     F = torch.tensor([[[1.0, 2.0, 4.0, 8.0]]], dtype=torch.float64)  # u = 2
     ops = fit_operators(F)

@@ -133,6 +133,8 @@ class DMDModel:
     def predict(self, h: int | Sequence[int]) -> Any:
         """State h steps after the last snapshot: shape (D,) for an int, (len(h), D) for a
         sequence of ints; the caller's array kind and dtype. Non-negative powers only."""
+        if isinstance(h, str | bytes):
+            raise TypeError(f"a horizon is an int or a sequence of ints, got {h!r}")
         single = not isinstance(h, Sequence | torch.Tensor) and not hasattr(h, "__len__")
         horizons = [h] if single else [int(x) for x in h]
         if not horizons:

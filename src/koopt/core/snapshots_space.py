@@ -17,6 +17,7 @@ date while recording (``gram_row``), one row per new snapshot.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,16 +89,40 @@ class SnapshotSpace:
         return out
 
 
-def _check_finite_columns(sq_norms: torch.Tensor) -> None:
-    bad = (~torch.isfinite(sq_norms)).nonzero().flatten().tolist()
-    if bad and bad[0] == 0:
-        bad = [0]  # a non-finite reference spoils every centred snapshot; name it alone
+def _check_finite_columns(sq_norms: torch.Tensor, X: torch.Tensor) -> None:
+    """Raise a ValueError naming the snapshots (columns of X) that cannot be fitted.
+
+    ``sq_norms`` (from the Gram diagonal) flags trouble in one cheap step; only then is X
+    read again, column by column, to tell non-finite snapshots from finite values so large
+    that their squares overflow float64.
+    """
+    if bool(torch.isfinite(sq_norms).all()):
+        return
+    D, T = X.shape
+    bad_cols = torch.zeros(T, dtype=torch.bool, device=X.device)
+    largest = 0.0
+    for start, stop in _chunks(D):
+        block = X[start:stop]
+        bad_cols |= ~torch.isfinite(block).all(dim=0)
+        finite = block[torch.isfinite(block)]
+        if finite.numel():
+            largest = max(largest, float(finite.abs().max()))
+    bad = bad_cols.nonzero().flatten().tolist()
     if bad:
         shown = ", ".join(str(b) for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise ValueError(
             f"snapshot(s) {shown} contain non-finite values (NaN or Inf); "
             "a Koopman operator cannot be fitted to them"
         )
+    if largest > 0 and 2 * math.log10(largest) + math.log10(D) > 300:
+        raise ValueError(
+            f"snapshot values up to {largest:.3g} are too large: their squares overflow "
+            "float64; rescale the data"
+        )
+    raise ValueError(  # finite here: another shard's snapshots are non-finite
+        "the snapshots of another shard contain non-finite values (NaN or Inf); "
+        "a Koopman operator cannot be fitted to them"
+    )
 
 
 def local_gram(X: torch.Tensor) -> torch.Tensor:
@@ -149,7 +174,7 @@ def build_space(
     D, T = X.shape
     if gram is None and reduce_gram is None and D <= T:
         data = X.to(torch.float64)
-        _check_finite_columns((data * data).sum(0))
+        _check_finite_columns((data * data).sum(0), X)
         coords = data.clone() if with_reference else data - data[:, :1]
         eye = torch.eye(D, dtype=torch.float64, device=X.device)
         return SnapshotSpace(X, with_reference, coords, eye, True)
@@ -159,7 +184,7 @@ def build_space(
         raise ValueError(f"gram must have shape ({T}, {T}); got {tuple(full.shape)}")
     if reduce_gram is not None:
         full = reduce_gram(full.clone())
-    _check_finite_columns(full.diagonal())
+    _check_finite_columns(full.diagonal(), X)
     b = T if with_reference else T - 1
     K = full if with_reference else full[1:, 1:]
 

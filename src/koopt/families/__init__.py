@@ -6,6 +6,7 @@ One module per family: ``single_weight``, ``quasi_node``, ``node``, ``layer``, `
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -28,7 +29,25 @@ def fit_family(
     """Fit the named family's operators to (T, N) snapshots of ``layout``'s parameters."""
     if name not in FAMILIES:
         raise ValueError(f"unknown operator family {name!r}; choose one of {sorted(FAMILIES)}")
-    return FAMILIES[name](layout, snapshots, **options)
+    return FAMILIES[name](layout, as_snapshots(snapshots), **options)
 
 
-__all__ = ["FAMILIES", "FittedFamily", "fit_family"]
+def as_snapshots(snapshots: Any) -> torch.Tensor:
+    """(T, N) snapshots as a real floating tensor: a tensor, a numpy array or a sequence of
+    flat vectors (one per step); integers become float64."""
+    if isinstance(snapshots, list | tuple):
+        if not snapshots:
+            raise ValueError("no snapshots given")
+        snapshots = torch.stack([torch.as_tensor(s) for s in snapshots])
+    try:
+        out = torch.as_tensor(snapshots)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"snapshots must be a (T, N) tensor or array, got {type(snapshots).__name__}: {err}"
+        ) from None
+    if out.is_complex():
+        raise ValueError("snapshots must be real")
+    return out if out.is_floating_point() else out.to(torch.float64)
+
+
+__all__ = ["FAMILIES", "FittedFamily", "as_snapshots", "fit_family"]

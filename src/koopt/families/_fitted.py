@@ -78,8 +78,12 @@ class FittedFamily:
         return spectral_radius(self.eigenvalues)
 
     def predict(self, h: int | Sequence[int]) -> torch.Tensor:
-        single = isinstance(h, int)
-        horizons = [h] if single else [int(x) for x in h]
+        if isinstance(h, str | bytes):
+            raise TypeError(f"a horizon is an int or a sequence of ints, got {h!r}")
+        single = not hasattr(h, "__len__")
+        horizons = [int(h)] if single else [int(x) for x in h]
+        if not horizons or any(x < 0 for x in horizons):
+            raise ValueError(f"horizons must be non-negative integers, got {h!r}")
         out = torch.empty(len(horizons), self.numel, dtype=self.dtype)
         for part in self.parts:
             pred = part.predict(horizons)
