@@ -130,6 +130,15 @@ def test_corrupt_idx_file_is_one_line_exit_2(tmp_path, capsys) -> None:
     (["reproduce", "cifar"], "invalid choice: 'cifar'"),
     (["reproduce", "hnn", "--optimizer", "sgd"], "invalid choice: 'sgd'"),
     ([], "usage:"),
+    (["reproduce", "hnn", "--lr", "inf"], "--lr: must be a finite number, got 'inf'"),
+    (["reproduce", "hnn", "--lr", "nan"], "--lr: must be a finite number, got 'nan'"),
+    (["reproduce", "hnn", "--horizon", "100000000000000"],
+     "--horizon must be <= 10000000, got 100000000000000"),
+    (["reproduce", "hnn", "--horizons", "5,20000000"], "horizons must be integers from 1 to"),
+    (["reproduce", "hnn", "--window", "10000001"], "--window must be <= 10000000"),
+    (["reproduce", "hnn", "--t1", "10000001"], "--t1 must be <= 10000000"),
+    (["reproduce", "hnn", "--seeds", "100000000000"], "--seeds must be <= 100000"),
+    (["reproduce", "hnn", "--jobs", "100000000000"], "--jobs must be <= 1024"),
 ])
 def test_usage_errors_exit_2(argv, needle, capsys) -> None:
     assert main(argv) == 2
@@ -217,3 +226,56 @@ def test_short_window_drops_strided_defaults_quietly(tmp_path) -> None:
     names = [v["name"] for v in json.loads((out / "results.json").read_text())["config"]
              ["variants"]]
     assert "network_r4_affine_clip" in names and not any(n.endswith("_s100") for n in names)
+
+
+@pytest.mark.parametrize("lr, needle", [
+    ("1e12", "the training loss became"),  # the loss overflows after a step or two
+    ("1e300", "optimizer step 1 failed"),  # float32 weights cannot take the step at all
+])
+def test_diverging_optimizer_is_one_line_exit_2_marked_failed(tmp_path, capsys, lr, needle):
+    out = tmp_path / "o"
+    rc = main(["reproduce", "hnn", "--seeds", "2", "--t1", "5", "--window", "10", "--horizon",
+               "3", "--family", "node", "--lr", lr, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("koopt: error: seed 0 (adadelta, lr ") and needle in err
+    assert "diverged" in err
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "failed" and needle in res["error"] and res["runs"] == []
+
+
+def test_out_below_a_file_is_a_usage_error(tmp_path, capsys) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    rc = main(["reproduce", "hnn", "--quick", "--out", str(a_file / "sub" / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err == f"koopt: error: --out {a_file / 'sub' / 'run'}: {a_file} is a file, not a folder"
+
+
+def test_data_dir_and_resume_misuse_exit_2(tmp_path, capsys) -> None:
+    assert main(["reproduce", "hnn", "--data-dir", str(tmp_path), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "--data-dir is for the classifier" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["reproduce", "hnn", "--resume", "--out", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--out {tmp_path / 'nope'} does not exist" in err
+    assert not (tmp_path / "nope").exists()  # nothing started fresh
+    assert main(["reproduce", "hnn", "--resume"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+
+
+def test_version_and_python_dash_m(capsys) -> None:
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"koopt {version('koopt')}"
+    proc = subprocess.run([sys.executable, "-m", "koopt", "--version"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"koopt {version('koopt')}"
+    proc = subprocess.run([sys.executable, "-m", "koopt", "report"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "usage: koopt report" in proc.stderr

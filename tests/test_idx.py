@@ -87,3 +87,19 @@ def test_missing_and_inconsistent_files(tmp_path) -> None:
     write_idx(tmp_path / MNIST_FILES["val_labels"], np.zeros(11, dtype=np.uint8))
     with pytest.raises(DataError, match="11 labels, expected 12"):
         load_mnist_idx(tmp_path)
+
+
+@pytest.mark.parametrize("key, shape", [("train_images", (0, 28, 28)),
+                                        ("val_images", (0, 28, 28)),
+                                        ("train_images", (40, 0, 0))])
+def test_no_image_data_names_the_file(tmp_path, key: str, shape: tuple) -> None:
+    _fake_mnist(tmp_path)
+    write_idx(tmp_path / MNIST_FILES[key], np.zeros(shape, dtype=np.uint8))
+    if shape[0] == 0:  # the labels agree: 0 of them
+        write_idx(tmp_path / MNIST_FILES[key.replace("images", "labels")],
+                  np.zeros(0, dtype=np.uint8))
+    with pytest.raises(DataError) as exc:
+        load_mnist_idx(tmp_path)
+    msg = str(exc.value)
+    assert str(tmp_path / MNIST_FILES[key]) in msg and "no image data" in msg
+    assert "\n" not in msg and "reshape" not in msg

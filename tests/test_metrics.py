@@ -25,6 +25,17 @@ def test_error2growth_by_hand() -> None:
         metrics.error2growth([1.0, 2.0], [1.0], [1.0])
 
 
+def test_error2growth_of_weights_that_did_not_move_is_undefined() -> None:
+    # 0/0: the weights did not move and the prediction did not err; never "perfect" 0
+    still = np.array([0.5, -1.0, 2.0])
+    assert math.isnan(metrics.error2growth(still, still, still))
+    assert math.isnan(metrics.error2growth(torch.tensor(still), still, still))
+    # a median movement of 0 with some parameters moving is still 0/0 when the errors are too
+    assert math.isnan(metrics.error2growth([0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]))
+    s = metrics.summarize([metrics.error2growth(still, still, still)])
+    assert s["median"] is None and s["n_nonfinite"] == 1
+
+
 def test_loss_ratio_and_window_speedup_by_hand() -> None:
     assert metrics.loss_ratio(0.02, 0.04) == pytest.approx(0.5)
     assert metrics.loss_ratio(math.inf, 0.04) == math.inf

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from typing import Any
 
 import pytest
@@ -229,3 +230,104 @@ def test_ctrl_c_with_jobs_stops_workers_and_keeps_results(tmp_path) -> None:
     while mp.active_children() and time.time() < deadline:
         time.sleep(0.1)
     assert not mp.active_children()
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    out = tmp_path / "run"
+    assert main(["reproduce", "hnn", "--seeds", "1", "--t1", "5", "--window", "10",
+                 "--horizon", "3", "--family", "node", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("text, why", [
+    ("[1, 2, 3]", "a JSON list, expected an object"),
+    ("NaN", "a JSON float, expected an object"),
+    ("{}", "no 'experiment'"),
+    ('{"config": "x"}', "no 'experiment'"),
+    ('{"experiment": "hnn", "config": "x", "runs": []}', "'config' is \"x\", expected a JSON dict"),
+    ('{"experiment": "hnn", "config": {}, "runs": null}', "'runs' is null, expected a JSON list"),
+    ('{"experiment": "hnn", "config": {}, "runs": "x"}', "'runs' is \"x\", expected a JSON list"),
+    ('{"experiment": "hnn", "config": {}, "runs": ["x"]}', "run 0 is not an object"),
+    ('{"experiment": "hnn", "config": {}, "runs": [], "summary": [1]}',
+     "'summary' is not a JSON object"),
+    ('{"experiment": "hnn", "config": {}, "runs": [{"seed": 0, "loss_t2": "x"}]}',
+     "unexpected content"),
+])
+def test_report_and_compare_refuse_a_wrong_shape(tmp_path, capsys, text, why) -> None:
+    run = tmp_path / "bad"
+    run.mkdir()
+    (run / "results.json").write_text(text)
+    path = run / "results.json"
+    commands = [["report", str(run)], ["compare", str(run), "--out", str(tmp_path / "c")]]
+    if "loss_t2" in text:  # compare does not read the per-seed losses
+        commands.pop()
+    for argv in commands:
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"koopt: error: {path}: not a koopt results file (")
+        assert why in err
+    assert not (run / "report.md").exists()
+
+
+def test_corrupt_results_json_is_named(tmp_path, capsys) -> None:
+    run = tmp_path / "bad"
+    run.mkdir()
+    (run / "results.json").write_text('{"experi')
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"koopt: error: {run / 'results.json'}: "
+                                                   "not valid JSON (")
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"koopt: error: {tmp_path / 'missing'}: no such folder"
+
+
+def test_resume_refuses_a_wrong_shape(tiny_run, capsys) -> None:
+    (tiny_run / "results.json").write_text('{"experiment": "hnn", "config": {}, "runs": "x"}')
+    assert main(["reproduce", "hnn", "--seeds", "1", "--t1", "5", "--window", "10",
+                 "--horizon", "3", "--family", "node", "--out", str(tiny_run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a koopt results file" in err and "cannot resume" in err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "random", "empty", "missing"])
+def test_report_with_a_bad_trace_warns_and_rebuilds_the_rest(tiny_run, capsys, damage):
+    trace = tiny_run / "trace.npz"
+    raw = trace.read_bytes()
+    if damage == "truncate":
+        trace.write_bytes(raw[: len(raw) // 2])
+    elif damage == "random":
+        trace.write_bytes(random.Random(0).randbytes(3000))
+    elif damage == "empty":
+        trace.write_bytes(b"")
+    else:
+        trace.unlink()
+    (tiny_run / "report.md").unlink()
+    (tiny_run / "loss.png").unlink()
+    capsys.readouterr()
+    assert main(["report", str(tiny_run)]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    if damage == "missing":
+        assert err == (f"koopt: note: {trace} is missing; loss.png, jump_scatter.png, "
+                       "eigenvalues.png need it and were not redrawn")
+    else:
+        assert err.startswith(f"koopt: warning: {trace}: not a readable koopt trace (")
+        assert err.endswith("loss.png, jump_scatter.png, eigenvalues.png were not redrawn")
+    assert (tiny_run / "report.md").exists() and not (tiny_run / "loss.png").exists()
+    assert str(tiny_run / "report.md") in captured.out
+
+
+def test_compare_out_must_be_a_folder(tiny_run, tmp_path, capsys) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    capsys.readouterr()
+    assert main(["compare", str(tiny_run), "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"koopt: error: --out {a_file} is a file, not a folder"
+    assert main(["compare", str(tiny_run), "--out", str(a_file / "x")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"koopt: error: --out {a_file / 'x'}: {a_file} is a file, not a folder"

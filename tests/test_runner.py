@@ -74,3 +74,81 @@ def test_diverging_jump_is_recorded_not_hidden(tmp_path, monkeypatch) -> None:
     assert "non-finite" in md and "| 0 |" in md
     summary_table(saved, width=80)
     assert (tmp_path / "loss.png").exists() and (tmp_path / "jump_scatter.png").exists()
+
+
+class _DivergingTask(LinearTask):
+    """LinearTask whose loss (``how="nan"``), weights (``"weights"``) or optimizer step
+    (``"raise"``) blows up from step ``at`` on."""
+
+    def __init__(self, seed: int, how: str = "nan", at: int = 4) -> None:
+        super().__init__(seed)
+        self.how, self.at, self.n = how, at, 0
+
+    def step(self) -> torch.Tensor:
+        self.n += 1
+        if self.n < self.at:
+            return super().step()
+        if self.how == "raise":
+            raise RuntimeError("value cannot be converted to type float without overflow")
+        if self.how == "weights":
+            with torch.no_grad():
+                self.model.weight.fill_(math.nan)
+            return torch.tensor(1.0)
+        return torch.tensor(math.inf)
+
+
+@pytest.mark.parametrize("how, at, needle", [
+    ("nan", 4, "the training loss became inf at step 4"),
+    ("nan", 20, "the training loss became inf at step 20"),  # in the continuation
+    ("raise", 1, "optimizer step 1 failed (value cannot be converted"),
+    ("weights", 9, "the weights became non-finite"),
+])
+def test_diverging_optimizer_is_one_clear_error(how, at, needle) -> None:
+    cfg = CycleConfig(experiment="toy", t1=3, window=12, horizon=7, seeds=[0], lr=1e12)
+    with pytest.raises(runner.TrainingDiverged) as exc:
+        run_seed(_DivergingTask(2, how, at), cfg, 2)
+    msg = str(exc.value)
+    assert msg.startswith("seed 2 (adadelta, lr 1e+12): ") and needle in msg
+    assert "use a smaller --lr" in msg and "\n" not in msg
+
+
+def test_failed_run_is_marked_failed_keeping_finished_seeds(tmp_path) -> None:
+    cfg = CycleConfig(experiment="toy", t1=2, window=5, horizon=3, seeds=[0, 1, 2])
+
+    def make(seed: int) -> LinearTask:
+        return _DivergingTask(seed, "nan", 3) if seed == 1 else LinearTask(seed)
+
+    with pytest.raises(runner.TrainingDiverged, match="seed 1 "):
+        run_experiment(make, cfg, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "failed" and "seed 1 " in saved["error"]
+    assert [r["seed"] for r in saved["runs"]] == [0]
+
+
+def test_a_window_too_large_for_memory_is_a_clear_error() -> None:
+    cfg = CycleConfig(experiment="toy", t1=0, window=10**15, horizon=1, seeds=[0])
+    with pytest.raises(ValueError, match=r"cannot allocate .* GiB for the losses"):
+        run_seed(LinearTask(0), cfg, 0)
+
+
+class _FrozenTask(LinearTask):
+    """Weights that never move: movement 0, so error2growth is 0/0 for exact predictions."""
+
+    def step(self) -> torch.Tensor:
+        return torch.tensor(self.evaluate()["train"])
+
+
+def test_error2growth_of_unmoved_weights_is_undefined_not_zero(tmp_path) -> None:
+    cfg = CycleConfig(experiment="toy", t1=2, window=6, horizon=3, seeds=[0, 1])
+    results, _ = run_experiment(_FrozenTask, cfg, tmp_path)
+    for rec in results["runs"]:  # window mean and linear extrapolation stay exactly put
+        assert math.isnan(rec["error2growth_window_mean"])
+        assert math.isnan(rec["methods"]["linear"]["at"]["3"]["error2growth"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["runs"][0]["error2growth_window_mean"] is None
+    assert saved["summary"]["error2growth_window_mean"]["median"] is None
+    md = render_markdown(saved)
+    row = next(line for line in md.splitlines() if line.startswith("| window mean"))
+    assert row.split("|")[-2].strip() == "– (2 non-finite)"  # the error2growth column
+    grid_row = next(line for line in md.splitlines() if line.startswith("| linear |"))
+    assert grid_row.split("|")[3].strip().startswith("– (")  # error2growth at T = 3

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -44,8 +45,13 @@ SIZES: dict[tuple[str, bool], Sizes] = {
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+#: upper bounds checked before anything runs: steps (--t1, --window, --horizon(s)) and seeds
+MAX_STEPS = 10**7
+MAX_SEEDS = 10**5
+MAX_WORKERS = 1024  # --threads and --jobs
 
-def _int_at_least(lo: int, what: str):
+
+def _int_at_least(lo: int, what: str, hi: int | None = None):
     def conv(text: str) -> int:
         try:
             v = int(text)
@@ -53,6 +59,8 @@ def _int_at_least(lo: int, what: str):
             raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
         if v < lo:
             raise argparse.ArgumentTypeError(f"{what} must be >= {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{what} must be <= {hi}, got {v}")
         return v
 
     return conv
@@ -63,6 +71,8 @@ def _positive_float(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
     return v
@@ -91,9 +101,22 @@ def _int_list(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}"
                                          ) from None
-    if not vals or vals[0] < 1:
-        raise argparse.ArgumentTypeError(f"horizons must be integers >= 1, got {text!r}")
+    if not vals or vals[0] < 1 or vals[-1] > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"horizons must be integers from 1 to {MAX_STEPS}, "
+                                         f"got {text!r}")
     return vals
+
+
+def _version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("koopt")
+    except PackageNotFoundError:
+        import koopt
+
+        return koopt.__version__
 
 
 WINDOWS = ("late", "early")
@@ -106,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="koopt",
         description="Koopman operator theory for cheaper neural-network training "
                     "(Dogra & Redman, NeurIPS 2020).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     rep = sub.add_parser(
         "reproduce", help="run the paper's experiments: record, fit, jump, compare",
@@ -117,19 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "(scikit-learn digits unless --data-dir); all: both")
     rep.add_argument("--quick", action="store_true",
                      help="small sizes: both experiments in about two minutes on 2 CPU cores")
-    rep.add_argument("--seeds", type=_int_at_least(1, "--seeds"), metavar="N",
-                     help="number of networks (seeds 0..N-1); default 25, 5 on real MNIST "
-                          "(--quick: 3 hnn, 2 digits, 2 MNIST)")
-    rep.add_argument("--t1", type=_int_at_least(0, "--t1"),
+    rep.add_argument("--seeds", type=_int_at_least(1, "--seeds", MAX_SEEDS), metavar="N",
+                     help="number of networks (seeds 0..N-1, N at most 100000); default 25, 5 "
+                          "on real MNIST (--quick: 3 hnn, 2 digits, 2 MNIST)")
+    rep.add_argument("--t1", type=_int_at_least(0, "--t1", MAX_STEPS),
                      help="first recorded step of the late window (default: hnn 35000 as in "
-                          "the paper, digits 690, MNIST 2814 = 3 epochs; --quick: hnn 5000)")
-    rep.add_argument("--window", type=_int_at_least(2, "--window"),
+                          "the paper, digits 690, MNIST 2814 = 3 epochs; --quick: hnn 5000); "
+                          "steps are at most 10^7 here and in --window and --horizon(s)")
+    rep.add_argument("--window", type=_int_at_least(2, "--window", MAX_STEPS),
                      help="recorded steps t2 - t1, at least 2 (default: hnn 10000, digits 460, "
                           "MNIST 938 = 1 epoch)")
     rep.add_argument("--windows", type=_list_of(WINDOWS, "windows"), default=["late"],
                      metavar="late,early",
                      help="late: from --t1 (the paper's); early: the same lengths from step 0")
-    rep.add_argument("--horizon", type=_int_at_least(1, "--horizon"), metavar="T",
+    rep.add_argument("--horizon", type=_int_at_least(1, "--horizon", MAX_STEPS), metavar="T",
                      help="headline jump T (default: hnn 2500, digits and MNIST 938)")
     rep.add_argument("--horizons", type=_int_list, metavar="T,T,...",
                      help="horizon sweep, one fit for all (default: hnn just T; digits and "
@@ -159,13 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "scikit-learn's 8x8 digits are used")
     rep.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                      help="training precision of the HNN (snapshots are float64 always)")
-    rep.add_argument("--threads", type=_int_at_least(1, "--threads"), default=1,
+    rep.add_argument("--threads", type=_int_at_least(1, "--threads", MAX_WORKERS), default=1,
                      help="torch CPU threads (default 1: the networks are tiny, and with more "
                           "threads a busy machine slows every step down many times)")
-    rep.add_argument("--jobs", type=_int_at_least(1, "--jobs"), default=1,
+    rep.add_argument("--jobs", type=_int_at_least(1, "--jobs", MAX_WORKERS), default=1,
                      help="seeds in parallel processes, one torch thread each (default 1)")
     rep.add_argument("--resume", action="store_true",
-                     help="continue the run in --out: keep its finished seeds, run the rest")
+                     help="continue the run in --out (which must exist): keep its finished "
+                          "seeds, run the rest")
     rep.add_argument("--out", type=Path, metavar="DIR",
                      help="output folder (default: a new folder under runs/); with several "
                           "optimizers or windows, one sub-folder OPTIMIZER-WINDOW each")
@@ -349,7 +375,7 @@ def _run_cycle(experiment: str, cfg: Any, spec: Any, args: argparse.Namespace, o
                                             command=command, advance_factory=advance_factory,
                                             on_seed=on_seed, resume=args.resume,
                                             jobs=args.jobs, worker=worker)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or a run that failed (e.g. the optimizer diverged)
             _partial_report(out)
             raise
     if trace is None:
@@ -363,28 +389,52 @@ def _run_cycle(experiment: str, cfg: Any, spec: Any, args: argparse.Namespace, o
 
 
 def _partial_report(out: Path) -> None:
-    """After Ctrl-C: write report.md from the finished seeds, if any (no plots)."""
-    import json
-
+    """After Ctrl-C or a failure: write report.md from the finished seeds, if any (no plots)."""
+    from koopt.experiments.runner import load_results
     from koopt.report import write_report
 
     try:
-        results = json.loads((out / "results.json").read_text())
-        if results.get("runs"):
+        results = load_results(out / "results.json")
+        if results["runs"] and results.get("status") in ("interrupted", "failed"):
             write_report(results, None, out)
     except (OSError, ValueError):
         pass
 
 
-def _check_out(out: Path, resume: bool) -> None:
-    """--out must be a folder; one that holds results already needs --resume."""
+def _check_out_folder(out: Path) -> None:
+    """--out must be a folder, or one that can be made: no file at it or above it."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+            break
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    """--out must be a folder (or be creatable as one); one that holds results already needs
+    --resume, and --resume needs an existing one."""
+    _check_out_folder(out)
+    if resume and not out.is_dir():
+        raise ValueError(f"--resume: --out {out} does not exist, there is no run to continue "
+                         "(leave out --resume to start one)")
     if not resume and out.is_dir():
         found = sorted(out.glob("results.json")) + sorted(out.glob("*/results.json"))
         if found:
             raise ValueError(f"--out {out} already holds results ({found[0]}); pass --resume "
                              "to continue that run, or choose another --out")
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for a failed file operation: the path and the reason, no errno."""
+    if exc.filename is None or not exc.strerror:
+        return str(exc)
+    return f"{exc.filename}: {exc.strerror[0].lower()}{exc.strerror[1:]}"
+
+
+def _note(message: str) -> None:
+    print(f"koopt: {message}", file=sys.stderr)
 
 
 def _report_cmd(dirs: Sequence[Path]) -> int:
@@ -394,10 +444,13 @@ def _report_cmd(dirs: Sequence[Path]) -> int:
     status = 0
     for d in dirs:
         try:
-            for path in rebuild(d):
+            for path in rebuild(d, warn=_note):
                 print(path)
-        except (OSError, ValueError) as exc:
-            print(f"koopt: error: {d}: {exc}", file=sys.stderr)
+        except OSError as exc:
+            print(f"koopt: error: {_os_error(exc)}", file=sys.stderr)
+            status = EXIT_USAGE
+        except ValueError as exc:  # the messages name the folder or file
+            print(f"koopt: error: {exc}", file=sys.stderr)
             status = EXIT_USAGE
     return status
 
@@ -406,8 +459,13 @@ def _compare_cmd(dirs: Sequence[Path], out: Path | None, console: Any) -> int:
     from koopt.report import write_compare
 
     try:
+        if out is not None:
+            _check_out_folder(out)
         written = write_compare(list(dirs), out or Path("."), console=console)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        print(f"koopt: error: {_os_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
         print(f"koopt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for p in written.values():
@@ -445,6 +503,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report_cmd(args.run_dirs)
     if args.command == "compare":
         return _compare_cmd(args.run_dirs, args.out, console)
+    if args.data_dir is not None and args.experiment == "hnn":
+        print("koopt: error: --data-dir is for the classifier (reproduce mnist or all), not "
+              "hnn", file=sys.stderr)
+        return EXIT_USAGE
+    if args.resume and args.out is None:
+        print("koopt: error: --resume needs --out DIR, the folder of the run to continue",
+              file=sys.stderr)
+        return EXIT_USAGE
     import torch
 
     from koopt.experiments.idx import DataError
@@ -468,8 +534,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as exc:
         print(f"koopt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except ValueError as exc:  # bad variant names, --resume with another configuration
+    except ValueError as exc:  # bad variants, --resume with another configuration, divergence
         print(f"koopt: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # --out not writable, disk full
+        print(f"koopt: error: {_os_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print("koopt: error: out of memory; use a shorter --window or --horizon, or fewer "
+              "--seeds or --jobs", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         saved = sorted(current.rglob("results.json")) if current.is_dir() else []

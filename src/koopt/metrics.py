@@ -38,8 +38,8 @@ def error2growth(w_pred: ArrayLike, w_true: ArrayLike, w_start: ArrayLike) -> fl
     """median |w_hat(t2+T) - w(t2+T)| / median |w(t2+T) - w(t2)| over parameters.
 
     Below 1 the jump predicts where the weights move better than staying put; ``inf``
-    when the weights did not move at all (median movement 0) but the jump erred, ``nan``
-    when the prediction is not finite.
+    when the weights did not move at all (median movement 0) but the jump erred; ``nan``
+    (undefined, never 0) when neither moved nor erred (0/0) or the prediction is not finite.
     """
     err = jump_errors(w_pred, w_true)
     move = true_movement(w_true, w_start)
@@ -51,7 +51,7 @@ def error2growth(w_pred: ArrayLike, w_true: ArrayLike, w_start: ArrayLike) -> fl
         return math.nan
     num, den = float(np.median(err)), float(np.median(move))
     if den == 0.0:
-        return 0.0 if num == 0.0 else math.inf
+        return math.nan if num == 0.0 else math.inf  # 0/0 is undefined
     return num / den
 
 

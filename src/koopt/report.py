@@ -9,7 +9,7 @@ unit circle. Matplotlib is used through the Agg canvas only (no display needed).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,8 @@ def render_markdown(results: Mapping[str, Any], plots: Mapping[str, str] | None 
            f"Produced by: `{results.get('command') or 'koopt reproduce ' + exp}`", "",
            f"Status: {results.get('status', '?')}, {n} of {cfg.get('n_seeds', n)} seeds "
            f"finished. Started {results.get('started', '?')}.", ""]
+    if results.get("error"):
+        out += [f"Error: {results['error']}", ""]
     if cfg.get("data"):
         out += [f"Data: {cfg['data']}.", ""]
     out += [
@@ -561,16 +563,27 @@ def plot_sweep(results: Mapping[str, Any], path: Path, title: str = "") -> Path:
 
 # -- rebuild and compare -----------------------------------------------------------------
 def _load(run_dir: Path) -> dict[str, Any]:
-    import json
+    """run_dir/results.json, checked; ValueError naming the file if it is not one."""
+    from koopt.experiments.runner import load_results
 
     path = run_dir / "results.json"
     if not path.exists():
         raise ValueError(f"no results.json in {run_dir}")
-    return json.loads(path.read_text())
+    return load_results(path)
+
+
+def _unexpected(path: Path, exc: Exception) -> ValueError:
+    """A results file that passed the shape check but holds values of the wrong kind."""
+    return ValueError(f"{path}: not a koopt results file (unexpected content: "
+                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
 
 
 def run_dirs_under(path: Path) -> list[Path]:
     """``path`` itself if it holds results.json, else its sub-folders that do."""
+    if not path.exists():
+        raise ValueError(f"{path}: no such folder")
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a folder; expected a run folder with results.json")
     if (path / "results.json").exists():
         return [path]
     subs = sorted(p.parent for p in path.glob("*/results.json"))
@@ -580,15 +593,32 @@ def run_dirs_under(path: Path) -> list[Path]:
     return subs
 
 
-def rebuild(path: Path) -> list[Path]:
-    """Rewrite report.md and the plots of every run under ``path`` from its files."""
-    from koopt.experiments.runner import load_trace
+def rebuild(path: Path, warn: Callable[[str], None] | None = None) -> list[Path]:
+    """Rewrite report.md and the plots of every run under ``path`` from its files.
+
+    A missing or unreadable trace.npz only skips the plots drawn from it; ``warn`` gets a
+    one-line "note: ..." / "warning: ..." about it."""
+    from koopt.experiments.runner import read_trace
 
     written = []
+    trace_plots = ", ".join(PLOTS[k] for k in ("loss", "scatter", "eigenvalues"))
     for d in run_dirs_under(path):
         results = _load(d)
-        trace = load_trace(d / "trace.npz")
-        written += list(write_report(results, trace, d).values())
+        try:
+            trace = read_trace(d / "trace.npz")
+        except FileNotFoundError:
+            trace = None
+            if warn is not None:
+                warn(f"note: {d / 'trace.npz'} is missing; {trace_plots} need it and were not "
+                     "redrawn")
+        except ValueError as exc:
+            trace = None
+            if warn is not None:
+                warn(f"warning: {exc}; {trace_plots} were not redrawn")
+        try:
+            written += list(write_report(results, trace, d).values())
+        except (TypeError, KeyError, AttributeError, IndexError, ValueError) as exc:
+            raise _unexpected(d / "results.json", exc) from None
     return written
 
 
@@ -601,22 +631,28 @@ def compare_rows(dirs: Sequence[Path]) -> tuple[list[str], list[list[str]], list
         for sub in run_dirs_under(d):
             res = _load(sub)
             loaded.append((sub, res))
-            cfg = res.get("config", {})
-            T = cfg.get("horizon")
-            key = rho_key(res)
-            best = best_variant(res) or "–"
-            label = f"{cfg.get('experiment')} {cfg.get('optimizer')} " \
-                    f"{cfg.get('window_name') or 'late'} ({sub.name})"
-
-            def med(name: str, k: str, _res: Any = res, _T: Any = T) -> str:
-                return fmt(method_median(_res, name, _T, k)) if name in _res.get(
-                    "grid", {}) else "–"
-
-            rows.append([label, str(len(res.get("runs", []))), str(T), best,
-                         med(best, key), med(best, "error2growth"),
-                         med(best, "window_speedup"), med("node", key),
-                         med("no_jump", key), med("window_mean", key), med("linear", key)])
+            try:
+                rows.append(_compare_row(sub, res))
+            except (TypeError, KeyError, AttributeError, IndexError, ValueError) as exc:
+                raise _unexpected(sub / "results.json", exc) from None
     return head, rows, loaded
+
+
+def _compare_row(sub: Path, res: Mapping[str, Any]) -> list[str]:
+    """One compare row: the run's best variant at its headline T against the baselines."""
+    cfg = res.get("config", {})
+    T = cfg.get("horizon")
+    key = rho_key(res)
+    best = best_variant(res) or "–"
+    label = f"{cfg.get('experiment')} {cfg.get('optimizer')} " \
+            f"{cfg.get('window_name') or 'late'} ({sub.name})"
+
+    def med(name: str, k: str) -> str:
+        return fmt(method_median(res, name, T, k)) if name in res.get("grid", {}) else "–"
+
+    return [label, str(len(res.get("runs", []))), str(T), best, med(best, key),
+            med(best, "error2growth"), med(best, "window_speedup"), med("node", key),
+            med("no_jump", key), med("window_mean", key), med("linear", key)]
 
 
 def write_compare(dirs: Sequence[Path], out: Path, console: Any = None) -> dict[str, Path]:
@@ -643,7 +679,8 @@ def write_compare(dirs: Sequence[Path], out: Path, console: Any = None) -> dict[
     ax.set_yscale("log")
     ax.set_xlabel("horizon T")
     ax.set_ylabel("median ρ of the best variant")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     written = {"plot": _save(fig, out / "compare.png")}
     md += ["![median ρ of each run's best variant against T](compare.png)", ""]
     written["markdown"] = write_text_atomic(out / "compare.md", "\n".join(md))

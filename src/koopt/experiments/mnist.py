@@ -62,6 +62,9 @@ def load_mnist_idx(data_dir: str | os.PathLike[str]) -> Dataset:
         arrays[k] = read_idx(p, ndim=3 if images else 1, dtype_code=0x08)
     for split in ("train", "val"):
         xi, yi = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if xi.size == 0:
+            raise DataError(f"{paths[f'{split}_images']}: no image data (shape "
+                            f"{xi.shape}); expected at least one image of at least one pixel")
         if xi.shape[0] != yi.shape[0]:
             raise DataError(f"{paths[f'{split}_labels']}: {yi.shape[0]} labels, expected "
                             f"{xi.shape[0]} (one per image in {paths[f'{split}_images'].name})")

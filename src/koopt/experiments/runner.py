@@ -33,7 +33,8 @@ from koopt.families import fit_family
 from koopt.layout import ParameterLayout
 
 __all__ = ["CycleConfig", "SeedTrace", "run_seed", "run_experiment", "BASELINES",
-           "load_trace", "save_trace", "RESUME_KEYS"]
+           "load_trace", "read_trace", "save_trace", "load_results", "RESUME_KEYS",
+           "TrainingDiverged"]
 
 #: baselines evaluated next to every jump, in report order
 BASELINES = ("no_jump", "window_mean", "linear")
@@ -41,6 +42,11 @@ BASELINES = ("no_jump", "window_mean", "linear")
 TARGET_FRACTION = 0.01
 
 ProgressFn = Callable[[int], None]
+
+
+class TrainingDiverged(ValueError):
+    """The optimizer's own training blew up (a non-finite loss or weights, or a step that
+    failed); the message is one line for the user."""
 
 
 @dataclass
@@ -156,26 +162,84 @@ def save_trace(trace: SeedTrace, path: Path) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
+def read_trace(path: Path) -> SeedTrace:
+    """Read a trace written by ``save_trace``. Raises FileNotFoundError if it is missing
+    and ValueError naming the file if it is not a readable trace (truncated, corrupt)."""
+    import zipfile
+    import zlib
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(2, "no such file", str(path))
+    kw: dict[str, Any] = {"opt_eval": {}, "koop_eval": {}, "final": {}}
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":
+                raise ValueError("not an .npz archive")
+        with np.load(path, allow_pickle=False) as data:
+            for key in data.files:
+                parts = key.split("/")
+                if len(parts) == 1:
+                    v = data[key]
+                    kw[key] = int(v) if key in ("seed", "t1", "t2", "horizon") else v
+                elif len(parts) == 2:
+                    kw[parts[0]][parts[1]] = data[key]
+                else:
+                    kw[parts[0]].setdefault(parts[1], {})[parts[2]] = float(data[key])
+        return SeedTrace(**kw)
+    except (OSError, ValueError, TypeError, KeyError, EOFError, AttributeError,
+            zipfile.BadZipFile, zlib.error) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: not a readable koopt trace ({why})") from None
+
+
 def load_trace(path: Path) -> SeedTrace | None:
     """Read a trace written by ``save_trace``; None if the file is missing or unreadable."""
     try:
-        data = np.load(path, allow_pickle=False)
+        return read_trace(path)
     except (OSError, ValueError):
         return None
-    kw: dict[str, Any] = {"opt_eval": {}, "koop_eval": {}, "final": {}}
-    for key in data.files:
-        parts = key.split("/")
-        if len(parts) == 1:
-            v = data[key]
-            kw[key] = int(v) if key in ("seed", "t1", "t2", "horizon") else v
-        elif len(parts) == 2:
-            kw[parts[0]][parts[1]] = data[key]
-        else:
-            kw[parts[0]].setdefault(parts[1], {})[parts[2]] = float(data[key])
+
+
+def _not_results(path: Path, why: str) -> ValueError:
+    return ValueError(f"{path}: not a koopt results file ({why})")
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """Read ``results.json`` and check its shape (what the reports rely on). Raises
+    ValueError naming the file if it is not valid JSON or not a koopt results file."""
+    import json
+
     try:
-        return SeedTrace(**kw)
-    except TypeError:
-        return None
+        res = json.loads(Path(path).read_text())
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.reason})") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(res, dict):
+        raise _not_results(path, f"a JSON {type(res).__name__}, expected an object")
+    for key, kind in (("experiment", str), ("config", dict), ("runs", list)):
+        if key not in res:
+            raise _not_results(path, f"no {key!r}")
+        if not isinstance(res[key], kind):
+            raise _not_results(path, f"{key!r} is {json.dumps(res[key])[:40]}, expected a "
+                                     f"{'string' if kind is str else 'JSON ' + kind.__name__}")
+    for key in ("summary", "grid", "status"):
+        want = str if key == "status" else dict
+        if key in res and not isinstance(res[key], want):
+            raise _not_results(path, f"{key!r} is not a JSON "
+                                     f"{'string' if want is str else 'object'}")
+    for key in ("summary", "grid"):
+        if any(not isinstance(v, dict) for v in res.get(key, {}).values()):
+            raise _not_results(path, f"an entry of {key!r} is not a JSON object")
+    for i, run in enumerate(res["runs"]):
+        if not isinstance(run, dict) or not isinstance(run.get("seed"), int):
+            raise _not_results(path, f"run {i} is not an object with an integer 'seed'")
+        methods = run.get("methods", {})
+        if not isinstance(methods, dict) or any(
+                not isinstance(m, dict) or not isinstance(m.get("at", {}), dict)
+                for m in methods.values()):
+            raise _not_results(path, f"run {i}: 'methods' is malformed")
+    return res
 
 
 def _checkpoints(n: int, k: int) -> list[int]:
@@ -201,14 +265,50 @@ def _thin(horizons: list[int], time_jump: float, budget_s: float,
     return sorted(picks | (keep & set(horizons)))
 
 
+def _step(task: Task, i: int) -> torch.Tensor:
+    """The task's optimizer step number i + 1 (0-based i); a failing step (e.g. a learning
+    rate the precision cannot hold) raises TrainingDiverged."""
+    try:
+        return task.step()
+    except (RuntimeError, OverflowError, FloatingPointError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TrainingDiverged(f"optimizer step {i + 1} failed ({why})") from None
+
+
+def _check_losses(losses: torch.Tensor, start: int, stop: int) -> None:
+    """Raise TrainingDiverged at the first non-finite loss in losses[start:stop]."""
+    bad = ~torch.isfinite(losses[start:stop])
+    if bool(bad.any()):
+        step = start + int(bad.nonzero()[0, 0]) + 1
+        raise TrainingDiverged(f"the training loss became {float(losses[step - 1])} at "
+                               f"step {step}")
+
+
+def _check_weights(w: torch.Tensor, step: int) -> None:
+    if not bool(torch.isfinite(w).all()):
+        raise TrainingDiverged(f"the weights became non-finite by step {step}")
+
+
+def _empty(shape: tuple[int, ...], what: str) -> torch.Tensor:
+    """torch.empty in float64, or a one-line ValueError when it does not fit in memory."""
+    try:
+        return torch.empty(shape, dtype=torch.float64)
+    except (RuntimeError, MemoryError):
+        gib = math.prod(shape) * 8 / 2**30
+        raise ValueError(f"cannot allocate {gib:.3g} GiB for {what}; use a shorter --window "
+                         "or --horizon") from None
+
+
 def _train(task: Task, n: int, losses: torch.Tensor, offset: int,
            advance: ProgressFn | None, every: int = 250) -> None:
-    """n optimizer steps, losses into losses[offset:offset+n]; progress every ``every``."""
+    """n optimizer steps, losses into losses[offset:offset+n]; progress every ``every``.
+    Raises TrainingDiverged as soon as a loss is not finite."""
     done = 0
     while done < n:
         m = min(every, n - done)
         for i in range(offset + done, offset + done + m):
-            losses[i] = task.step()
+            losses[i] = _step(task, i)
+        _check_losses(losses, offset + done, offset + done + m)
         done += m
         if advance is not None:
             advance(m)
@@ -269,20 +369,32 @@ def _time_to_target(hs: list[int], losses: list[float], target: float,
 
 def run_seed(task: Task, cfg: CycleConfig, seed: int, *, advance: ProgressFn | None = None,
              keep_trace: bool = False) -> tuple[dict[str, Any], SeedTrace | None]:
-    """One full cycle on a freshly seeded ``task``; returns (record, trace or None)."""
+    """One full cycle on a freshly seeded ``task``; returns (record, trace or None).
+
+    Raises TrainingDiverged (a ValueError, one line naming the seed and the learning rate)
+    when the optimizer itself diverges: there is then nothing to compare a jump with."""
+    try:
+        return _run_seed(task, cfg, seed, advance=advance, keep_trace=keep_trace)
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"seed {seed} ({cfg.optimizer}, lr {cfg.lr_used():g}): {exc}; "
+                               "the optimizer diverged, use a smaller --lr") from None
+
+
+def _run_seed(task: Task, cfg: CycleConfig, seed: int, *, advance: ProgressFn | None,
+              keep_trace: bool) -> tuple[dict[str, Any], SeedTrace | None]:
     t1, t2, T = cfg.t1, cfg.t2, cfg.horizon
     sweep = cfg.all_horizons()
     t_max = sweep[-1]
     variants = cfg.all_variants()
     layout = ParameterLayout.from_module(task.model)
     n = layout.numel
-    losses = torch.empty(t2 + t_max, dtype=torch.float64)
+    losses = _empty((t2 + t_max,), f"the losses of {t2 + t_max} steps")
+    snaps = _empty((cfg.window + 1, n), f"{cfg.window + 1} snapshots of {n} weights")
 
     # 1. burn-in to t1
     t_start = time.perf_counter()
     _train(task, t1, losses, 0, advance)
     # 2. record every step t1..t2: row k = weights after step t1 + k
-    snaps = torch.empty((cfg.window + 1, n), dtype=torch.float64)
     t0 = time.perf_counter()
     layout.snapshot_into(snaps[0])
     time_record = time.perf_counter() - t0  # the recording overhead, every snapshot
@@ -290,14 +402,16 @@ def run_seed(task: Task, cfg: CycleConfig, seed: int, *, advance: ProgressFn | N
     while done < cfg.window:
         m = min(250, cfg.window - done)
         for k in range(done, done + m):
-            losses[t1 + k] = task.step()
+            losses[t1 + k] = _step(task, t1 + k)
             t0 = time.perf_counter()
             layout.snapshot_into(snaps[k + 1])
             time_record += time.perf_counter() - t0
+        _check_losses(losses, t1 + done, t1 + done + m)
         done += m
         if advance is not None:
             advance(m)
     time_train = time.perf_counter() - t_start
+    _check_weights(snaps, t2)
     w_t2 = snaps[-1].clone()
     w_mean = snaps.mean(0)
     drift = (w_t2 - snaps[0]) / cfg.window
@@ -310,13 +424,17 @@ def run_seed(task: Task, cfg: CycleConfig, seed: int, *, advance: ProgressFn | N
     elapsed = 0.0
     for i in range(t_max):
         t0 = time.perf_counter()
-        losses[t2 + i] = task.step()
+        losses[t2 + i] = _step(task, t2 + i)
         elapsed += time.perf_counter() - t0
         if i + 1 in ckpt:
             kept[i + 1] = layout.flatten(torch.float64)
             opt_time[i + 1] = elapsed
-        if advance is not None and (i + 1) % 250 == 0:
-            advance(250)
+            _check_weights(kept[i + 1], t2 + i + 1)
+        if (i + 1) % 250 == 0:
+            _check_losses(losses, t2 + i + 1 - 250, t2 + i + 1)
+            if advance is not None:
+                advance(250)
+    _check_losses(losses, t2 + t_max - t_max % 250, t2 + t_max)
     if advance is not None and t_max % 250:
         advance(t_max % 250)
     w_end = layout.flatten(torch.float64)
@@ -559,23 +677,18 @@ def _refresh(results: dict[str, Any]) -> None:
 
 def _load_previous(path: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
     """The finished seeds of an earlier run in the same folder (for --resume)."""
-    import json
-
     if not path.exists():
         return []
     try:
-        old = json.loads(path.read_text())
+        old = load_results(path)
     except ValueError as err:
-        raise ValueError(f"{path}: cannot resume, the file is not valid JSON ({err}); move "
-                         "it away or use another --out") from None
-    if not isinstance(old, dict):
-        raise ValueError(f"{path}: cannot resume, not a koopt results file")
-    old_cfg = old.get("config", {})
+        raise ValueError(f"{err}; cannot resume: move it away or use another --out") from None
+    old_cfg = old["config"]
     diff = [k for k in RESUME_KEYS if old_cfg.get(k) != config.get(k)]
     if diff:
         raise ValueError(f"{path}: cannot resume, the configuration differs in "
                          f"{', '.join(diff)} (use another --out or the same options)")
-    return list(old.get("runs", []))
+    return list(old["runs"])
 
 
 def run_experiment(make_task: Callable[[int], Task], cfg: CycleConfig, out_dir: Path, *,
@@ -649,6 +762,12 @@ def run_experiment(make_task: Callable[[int], Task], cfg: CycleConfig, out_dir: 
                 finish(rec, tr)
     except KeyboardInterrupt:
         results["status"] = "interrupted"
+        _refresh(results)
+        write_json_atomic(path, results)
+        raise
+    except Exception as exc:  # never leave "running" behind: the finished seeds stay
+        results["status"] = "failed"
+        results["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         _refresh(results)
         write_json_atomic(path, results)
         raise
