@@ -258,10 +258,12 @@ def test_data_dir_and_resume_misuse_exit_2(tmp_path, capsys) -> None:
                  str(tmp_path / "o")]) == 2
     assert "--data-dir is for the classifier" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
-    assert main(["reproduce", "hnn", "--resume", "--out", str(tmp_path / "nope")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and f"--out {tmp_path / 'nope'} does not exist" in err
-    assert not (tmp_path / "nope").exists()  # nothing started fresh
+    # --resume on a folder that does not exist yet starts the run there (repeatable command)
+    tiny = ["--seeds", "1", "--t1", "5", "--window", "10", "--horizon", "3"]
+    fresh = tmp_path / "fresh"
+    assert main(["reproduce", "hnn", *tiny, "--resume", "--out", str(fresh)]) == 0
+    assert f"nothing to continue in {fresh} yet" in capsys.readouterr().err
+    assert json.loads((fresh / "results.json").read_text())["status"] == "complete"
     assert main(["reproduce", "hnn", "--resume"]) == 2
     assert "--resume needs --out" in capsys.readouterr().err
 

@@ -414,11 +414,12 @@ def _check_out_folder(out: Path) -> None:
 
 def _check_out(out: Path, resume: bool) -> None:
     """--out must be a folder (or be creatable as one); one that holds results already needs
-    --resume, and --resume needs an existing one."""
+    --resume. --resume on a folder that does not exist yet starts the run, with a note, so
+    that one command can be repeated until a long run is done (e.g. by a job scheduler)."""
     _check_out_folder(out)
     if resume and not out.is_dir():
-        raise ValueError(f"--resume: --out {out} does not exist, there is no run to continue "
-                         "(leave out --resume to start one)")
+        print(f"koopt: note: --resume: nothing to continue in {out} yet; starting the run there",
+              file=sys.stderr)
     if not resume and out.is_dir():
         found = sorted(out.glob("results.json")) + sorted(out.glob("*/results.json"))
         if found:
