@@ -296,6 +296,8 @@ def test_wrapper_records_on_the_fine_timescale_after_refusals_and_resumes_there(
     assert [r["step"] for r in second.log] == [17, 33, 37, 41]
     assert second.schedule.stride == 2 and second.window == 3
     assert torch.equal(w2, w)
+    second.load_state_dict(_refusing_wrapper(w2, loss2).state_dict())  # a coarse checkpoint
+    assert second.schedule.stride == 4 and second.window == 5
 
     # refine=False: skipping starts right after the second coarse refusal
     w3, loss3 = toy(target=-1.0)

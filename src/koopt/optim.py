@@ -289,6 +289,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self._refine = bool(refine) and (self._fine_stride, self._fine_window) != (
             self.schedule.stride, self.window)
         self._fine = False
+        self._coarse = (self.schedule, self.window)  # the time scale before any refinement
         self._adaptive = bool(adaptive) and loss_fn is not None
         self._controller_options = dict(controller_options or {})
         HorizonController(base, **self._controller_options)  # validate the options now
@@ -920,13 +921,15 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported koopman state version {state.get('version')!r}")
         self._check_compatible(state)
-        timescale = state.get("timescale")
-        if timescale is not None and timescale["fine"]:
-            self._fine = True
+        timescale = state.get("timescale") or {"fine": False}
+        self._fine = bool(timescale["fine"])
+        if self._fine:
             self.schedule = SnapshotSchedule(
                 warmup=int(timescale["warmup"]), stride=int(timescale["stride"])
             )
             self.window = int(timescale["window"])
+        else:
+            self.schedule, self.window = self._coarse
         by_index: dict[int, torch.Tensor] = {}
         start = 0
         for group in self.param_groups:
