@@ -117,7 +117,8 @@ class DMDModel:
         final = self._space.X.dtype if self._space.X.dtype.is_floating_point else torch.float64
         limit = torch.finfo(final).max
         norms = coords.norm(dim=0)
-        ref_bound = float(self._space.X[:, 0].abs().amax())  # no float64 copy of a column
+        lo, hi = torch.aminmax(self._space.X[:, 0])  # one pass, no copy of the column
+        ref_bound = max(abs(float(lo)), abs(float(hi)))
         bad = [
             h for h, n in zip(horizons, norms.tolist(), strict=True) if not (n + ref_bound < limit)
         ]
