@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import numpy as np
@@ -56,63 +57,72 @@ def test_sharded_fit_equals_single_process_fit(tmp_path):
 
 
 def _train_distributed(rank: int, world: int, init_file: str, out_dir: str, sharded: bool) -> None:
+    """Run ``_train_body`` in a process group. The model, the DDP wrapper and the optimizer
+    die with the body's frame, before the group is destroyed: gloo work still holding
+    tensors when the interpreter exits aborts the process (it made this test flaky)."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        _train_body(rank, world, out_dir, sharded)
+        gc.collect()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_body(rank: int, world: int, out_dir: str, sharded: bool) -> None:
     """A few hundred steps of a small MLP, each rank on its own data, with Koopman jumps."""
     import torch.nn.functional as F
     from torch import nn
 
     from koopt import KoopmanOptimizer
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        gen = torch.Generator().manual_seed(100 + rank)
-        X = torch.randn(512, 8, generator=gen)
-        y = (X[:, 0] * X[:, 1] > 0).long()
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
-        if sharded:
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
+    gen = torch.Generator().manual_seed(100 + rank)
+    X = torch.randn(512, 8, generator=gen)
+    y = (X[:, 0] * X[:, 1] > 0).long()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+    if sharded:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
 
-            mesh = init_device_mesh("cpu", (world,))
-            fully_shard(net[0], mesh=mesh)
-            fully_shard(net, mesh=mesh)
-        options = dict(warmup=20, stride=5, window=6, horizons=(10, 25, 50))
-        if sharded:
-            model = net
+        mesh = init_device_mesh("cpu", (world,))
+        fully_shard(net[0], mesh=mesh)
+        fully_shard(net, mesh=mesh)
+    options = dict(warmup=20, stride=5, window=6, horizons=(10, 25, 50))
+    if sharded:
+        model = net
 
-            def check():
-                return F.cross_entropy(model(X[:128]), y[:128])
+        def check():
+            return F.cross_entropy(model(X[:128]), y[:128])
 
-            opt = KoopmanOptimizer(
-                torch.optim.Adam(model.parameters(), lr=1e-2), loss_fn=check, **options
-            )
-        else:  # the wrapper is created before the DDP wrap: it holds the same parameters
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            def check():
-                return F.cross_entropy(model(X[:128]), y[:128])
-
-            opt = KoopmanOptimizer(
-                torch.optim.Adam(net.parameters(), lr=1e-2), loss_fn=check, **options
-            )
-            model = DDP(net)
-        for _ in range(200):
-            idx = torch.randint(0, 512, (32,), generator=gen)
-            opt.zero_grad()
-            F.cross_entropy(model(X[idx]), y[idx]).backward()
-            opt.step()
-        local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
-        torch.save(
-            {
-                "params": [t.detach().clone() for t in local],
-                "log": [(r["accepted"], r["chosen"], r["loss_before"]) for r in opt.log],
-                "state": opt.state_dict(),
-            },
-            os.path.join(out_dir, f"{'fsdp' if sharded else 'ddp'}{rank}.pt"),
+        opt = KoopmanOptimizer(
+            torch.optim.Adam(model.parameters(), lr=1e-2), loss_fn=check, **options
         )
-    finally:
-        dist.destroy_process_group()
+    else:  # the wrapper is created before the DDP wrap: it holds the same parameters
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        def check():
+            return F.cross_entropy(model(X[:128]), y[:128])
+
+        opt = KoopmanOptimizer(
+            torch.optim.Adam(net.parameters(), lr=1e-2), loss_fn=check, **options
+        )
+        model = DDP(net)
+    for _ in range(200):
+        idx = torch.randint(0, 512, (32,), generator=gen)
+        opt.zero_grad()
+        F.cross_entropy(model(X[idx]), y[idx]).backward()
+        opt.step()
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    torch.save(
+        {
+            "params": [t.detach().clone() for t in local],
+            "log": [(r["accepted"], r["chosen"], r["loss_before"]) for r in opt.log],
+            "state": opt.state_dict(),
+        },
+        os.path.join(out_dir, f"{'fsdp' if sharded else 'ddp'}{rank}.pt"),
+    )
 
 
 def test_ddp_replicas_stay_bit_identical_after_jumps(tmp_path):

@@ -94,6 +94,22 @@ def test_fixed_point_is_the_eigenvalue_one_part_scaled_by_amplitude():
     np.testing.assert_allclose(model.fixed_point(), model.predict(200), atol=1e-9)
 
 
+def test_fixed_point_warns_when_an_affine_drift_has_no_limit():
+    w0, d = np.array([0.4, -0.1, -0.15]), np.array([1.0, -2.0, 0.5])
+    X = np.stack([w0 + 0.01 * k * d for k in range(10)], 1)  # a straight line: no limit
+    model = fit_dmd(X, affine=True)
+    np.testing.assert_allclose(model.predict(100), w0 + 0.01 * 109 * d, atol=1e-9)
+    with pytest.warns(UserWarning, match="drifts linearly and has no limit"):
+        model.fixed_point()
+    A = stable_system(4, 5, radius=0.8)  # a decaying affine system has a limit: no warning
+    cols = [np.zeros(4)]
+    for _ in range(15):
+        cols.append(A @ cols[-1] + np.array([1.0, -2.0, 0.5, 3.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_dmd(np.stack(cols, 1), affine=True).fixed_point()
+
+
 def three_masses(T: int, dt: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Three unit masses, springs wall-m-m-m-wall (k = 1): positions only, sampled every dt."""
     K = np.array([[2.0, -1, 0], [-1, 2, -1], [0, -1, 2]])
@@ -147,6 +163,28 @@ def test_svht_rank_finds_signal_in_noise():
     X = signal + 0.05 * rng.normal(size=signal.shape)
     assert fit_dmd(X, rank="svht").rank == 3
     assert fit_dmd(np.zeros((5, 4)) + rng.normal(size=(5, 4)), rank="svht").rank >= 1
+
+
+def _gavish_donoho_rank(M: np.ndarray) -> int:
+    """Reference: the unknown-noise threshold on the full matrix, computed directly."""
+    s = np.linalg.svd(M, compute_uv=False)
+    beta = min(M.shape) / max(M.shape)
+    omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+    return int((s > omega * np.median(s)).sum())
+
+
+def test_svht_keeps_exact_low_rank_and_matches_gavish_donoho_on_tall_data():
+    rng = np.random.default_rng(1)
+    Q = np.linalg.qr(rng.standard_normal((200, 3)))[0]
+    Z = np.array([[0.95**k, 2 * 0.8**k, 3 * 0.6**k] for k in range(12)]).T
+    model = fit_dmd(Q @ Z, rank="svht")  # noise-free rank 3: all three modes kept
+    assert model.rank == 3
+    np.testing.assert_allclose(np.sort(model.eigenvalues.real), [0.6, 0.8, 0.95], atol=1e-8)
+    for seed in range(3):  # tall, noisy, rank 6: the threshold of the full 400 x 39 matrix
+        g = np.random.default_rng(10 + seed)
+        low = g.standard_normal((400, 6)) @ g.standard_normal((6, 40))
+        X = low + 1e-3 * g.standard_normal((400, 40))
+        assert fit_dmd(X, rank="svht").rank == max(1, _gavish_donoho_rank(X[:, :-1]))
 
 
 def test_int_rank_is_cut_with_a_warning():
@@ -280,6 +318,12 @@ def test_predict_refuses_a_string_horizon():
     with pytest.raises(TypeError, match="horizon"):
         model.predict("12")
     assert model.predict(np.int64(2)).shape == (3,)
+    np.testing.assert_array_equal(model.predict(np.array(2)), model.predict(2))
+    np.testing.assert_array_equal(model.predict(torch.tensor(2)), model.predict(2))
+    np.testing.assert_array_equal(model.predict(np.array([2, 4])), model.predict([2, 4]))
+    for bad in ([1.5], [float("nan")], [-1]):
+        with pytest.raises(ValueError, match="non-negative integers"):
+            model.predict(bad)
 
 
 def test_negative_or_no_horizon_rejected():

@@ -155,6 +155,13 @@ def test_fit_family_takes_numpy_lists_and_integers_like_fit_dmd():
         fit_family("node", layout, [])
 
 
+def test_fit_operators_takes_numpy_and_numpy_horizons():
+    F = np.random.default_rng(3).standard_normal((2, 3, 8))
+    from_numpy, from_torch = fit_operators(F), fit_operators(torch.tensor(F))
+    assert torch.equal(from_numpy.predict(np.int64(2)), from_torch.predict(2))
+    assert torch.equal(from_numpy.predict(2.0), from_torch.predict(2))
+
+
 def test_batched_growing_operators_raise_clip_and_affine():
     F = torch.tensor([[[1.0, 2.0, 4.0, 8.0]]], dtype=torch.float64)  # u = 2
     ops = fit_operators(F)

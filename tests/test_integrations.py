@@ -137,3 +137,35 @@ def test_hf_trainer_callback_jumps_saves_and_resumes(tmp_path):
     trainer(cb2, Model()).train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
     assert cb2.koopman.steps == 16
     assert cb2.koopman.log[0] == cb.koopman.log[0]  # restored from checkpoint-8
+
+
+def test_lightning_epoch_scheduler_is_not_advanced_by_jumps(tmp_path):
+    L = pytest.importorskip("lightning.pytorch")
+    from koopt.integrations.lightning import KoopmanCallback
+
+    X, y = data()
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net()
+
+        def training_step(self, batch, batch_idx):
+            return F.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):  # Lightning's default interval: "epoch"
+            opt = torch.optim.Adam(self.parameters(), lr=1e-2)
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=8)
+    cb = KoopmanCallback(loss_fn=lambda m: F.mse_loss(m.net(X), y), advance_scheduler=True,
+                         **FAST)
+    t = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False,
+                  default_root_dir=tmp_path, callbacks=[cb])
+    with pytest.warns(UserWarning, match="jumps do not advance it"):
+        t.fit(Module(), loader)
+    assert cb.koopman is not None and cb.koopman.scheduler is None
+    assert cb.koopman.num_accepted >= 1
+    # one epoch: the scheduler stepped once (0.01 -> 0.005), whatever the jumps skipped
+    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-3)

@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -630,3 +631,35 @@ def test_unchecked_jump_refuses_implausibly_far_candidates_and_weights_stay_fini
     # the bound: 10 x horizon x the window's mean step
     biggest = max(float(p.detach().abs().max()) for p in model.parameters())
     assert biggest < 10.0
+
+
+def test_a_failing_post_jump_hook_propagates_and_leaves_the_wrapper_consistent(monkeypatch):
+    monkeypatch.setattr(koptim, "fit_family", FakeFit(lambda last, h: last - 0.01))
+    model = mlp()
+
+    def broken_bn() -> None:
+        raise RuntimeError("loader exhausted")
+
+    X, y = data()
+    check = lambda: F.mse_loss(model(X), y)  # noqa: E731
+    opt = wrapped(model, loss_fn=check, bn_recalibrate=broken_bn)
+    with pytest.raises(RuntimeError, match="loader exhausted"):
+        train(model, opt, 40, X, y)
+    rec = opt.log[-1]
+    assert rec["accepted"] and rec["reason"].startswith("accepted, then a post-jump hook")
+    assert opt.num_accepted == 1 and opt.virtual_steps == rec["chosen"] > 0
+    assert all(len(w.buffer) == 1 for w in opt._windows.values())  # the next window is open
+
+
+def test_bad_hooks_and_horizons_are_refused_at_construction():
+    opt = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="bn_recalibrate"):
+        KoopmanOptimizer(opt, bn_recalibrate=5)
+    with pytest.raises(TypeError, match="writer"):
+        KoopmanOptimizer(opt, writer=5)
+    with pytest.raises(TypeError, match="horizons"):
+        KoopmanOptimizer(opt, horizons="20")
+    for bad in ([float("nan")], [1.5, 2.7], [True]):
+        with pytest.raises(ValueError, match="whole step counts"):
+            KoopmanOptimizer(opt, horizons=bad)
+    assert KoopmanOptimizer(opt, horizons=np.array([20, 40])).horizons == [20, 40]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 import warnings
@@ -163,10 +164,12 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             line search along the fitted trajectory. A refused check then costs two loss
             evaluations instead of one per candidate. False scores every candidate.
         refine: after ``refusals_to_skip`` (default 4) refusals in a row, record on a finer
-            time scale from then on: half the stride, 3/5 of the window (at least
-            ``delays + 2``), the same candidate grid in snapshots (so half the steps). Where
-            the coarse window never predicts well a short one often does (HNN with Adam,
-            ``docs/optimizer.md``); only then do fits start being skipped. False: skip at once.
+            time scale from then on: stride ``stride // 2`` (at least 1), window
+            ``round(0.6 * window)`` (at least ``delays + 2``), the same candidate grid in
+            snapshots (so shorter horizons in steps). Where the coarse window never predicts
+            well a short one often does (HNN with Adam, ``docs/optimizer.md``); only then do
+            fits start being skipped. False: skip at once. No effect when the finer scale
+            is no finer, or with ``refusals_to_skip=0`` (which also never skips).
         controller_options: keyword arguments for ``HorizonController`` (grow, shrink,
             min_scale, max_scale, refusals_to_skip, max_skip).
         loss_fn: ``loss_fn() -> float`` evaluated under ``no_grad`` on the model as it
@@ -233,6 +236,16 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"{name} must be a whole number, got {value!r}")
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be a callable returning the loss, got {loss_fn!r}")
+        if bn_recalibrate is not None and not callable(bn_recalibrate):
+            raise TypeError(f"bn_recalibrate must be a callable, got {bn_recalibrate!r}")
+        if writer is not None and not callable(getattr(writer, "add_scalar", None)):
+            raise TypeError(f"writer must have add_scalar (a SummaryWriter), got {writer!r}")
+        if isinstance(horizons, str | bytes) or not hasattr(horizons, "__iter__"):
+            raise TypeError(f"horizons must be a sequence of step counts, got {horizons!r}")
+        for h in horizons:
+            if (isinstance(h, bool) or not isinstance(h, numbers.Real)
+                    or not math.isfinite(h) or h != int(h)):
+                raise ValueError(f"horizons must be whole step counts, got {h!r}")
         if log_path is not None:
             log_dir = os.path.dirname(os.path.abspath(log_path))
             if os.path.isdir(log_path) or not os.path.isdir(log_dir):
@@ -638,10 +651,13 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             accepted_horizon = self._check_and_write(
                 layout, params, fitted, candidates, record, reach
             )
-        except BaseException as err:  # weights already restored; say why in the log
-            record["reason"] = f"check raised {type(err).__name__}: {err}"
+        except BaseException as err:  # a refused check's weights are already restored
+            stage = "accepted, then a post-jump hook" if record["accepted"] else "check"
+            record["reason"] = f"{stage} raised {type(err).__name__}: {err}"
             raise
         finally:
+            # the accepted horizon is in the record even when a post-jump hook raised
+            accepted_horizon = int(record["chosen"] or 0) if record["accepted"] else 0
             if record["accepted"]:
                 self._accepted += 1
                 self._virtual_steps += accepted_horizon

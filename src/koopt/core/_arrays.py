@@ -50,3 +50,32 @@ def as_tensor(x: Any) -> torch.Tensor:
     ):
         return torch.from_numpy(np.ascontiguousarray(arr) if not arr.flags.writeable else arr)
     raise ValueError(f"expected a real numeric array, got dtype {arr.dtype}")
+
+
+def as_horizons(h: Any) -> tuple[list[int], bool]:
+    """``predict``'s argument as a list of non-negative ints and whether it was one number.
+
+    An int (also a numpy integer or a 0-d array / tensor) is one horizon; any other
+    iterable of whole numbers is many. Strings, fractions, negatives and empty sequences
+    are refused with a clear error.
+    """
+    if isinstance(h, str | bytes):
+        raise TypeError(f"a horizon is an int or a sequence of ints, got {h!r}")
+    if isinstance(h, np.ndarray | torch.Tensor) and h.ndim == 0:
+        h = h.item()
+    single = not hasattr(h, "__iter__")
+    try:
+        values = [h] if single else list(h)
+    except TypeError:
+        raise TypeError(f"a horizon is an int or a sequence of ints, got {h!r}") from None
+    if not values:
+        raise ValueError("predict needs at least one horizon, got an empty sequence")
+    out = []
+    for x in values:
+        if isinstance(x, np.ndarray | torch.Tensor) and x.ndim == 0:
+            x = x.item()
+        ok = isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
+        if not ok or not np.isfinite(x) or x < 0 or int(x) != x:
+            raise ValueError(f"horizons must be non-negative integers, got {x!r}")
+        out.append(int(x))
+    return out, single

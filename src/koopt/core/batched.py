@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from koopt.core._arrays import as_horizons
 from koopt.core.errors import DivergentPredictionError
 from koopt.core.spectrum import spectral_radius, stabilized, validate_stabilize
 
@@ -71,12 +72,7 @@ class BatchedOperators:
         Horizons are visited in increasing order, each reached from the previous one with a
         cached matrix power of the gap, so evenly spaced horizons cost one power in all.
         """
-        single = isinstance(h, int)
-        horizons = [h] if single else [int(x) for x in h]
-        if not horizons:
-            raise ValueError("predict needs at least one horizon, got an empty sequence")
-        if any(x < 0 for x in horizons):
-            raise ValueError(f"horizons must be non-negative integers, got {horizons}")
+        horizons, single = as_horizons(h)
         limit = torch.finfo(self._dtype).max if self._dtype.is_floating_point else 1.8e308
         powers: dict[int, torch.Tensor] = {}
         states: dict[int, torch.Tensor] = {}
@@ -102,7 +98,11 @@ class BatchedOperators:
 def fit_operators(
     F: torch.Tensor, *, affine: bool = False, stabilize: str = "none"
 ) -> BatchedOperators:
-    """Fit U = F' pinv(F) for each of G systems; F has shape (G, n, T), T >= 2 snapshots."""
+    """Fit U = F' pinv(F) for each of G systems; F has shape (G, n, T), T >= 2 snapshots
+    (a torch tensor or a numpy array; integers are fitted in float64)."""
+    F = torch.as_tensor(F)
+    if F.is_complex():
+        raise ValueError("F must be real")
     if F.ndim != 3:
         raise ValueError(f"F must have shape (groups, n, T); got {tuple(F.shape)}")
     if F.shape[-1] < 2:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from koopt.core._arrays import ArrayKind, as_tensor
+from koopt.core._arrays import ArrayKind, as_horizons, as_tensor
 from koopt.core.delay import hankel, min_snapshots
 from koopt.core.errors import DivergentPredictionError
 from koopt.core.rank import RankSpec, choose_rank, validate_rank
@@ -134,16 +134,7 @@ class DMDModel:
     def predict(self, h: int | Sequence[int]) -> Any:
         """State h steps after the last snapshot: shape (D,) for an int, (len(h), D) for a
         sequence of ints; the caller's array kind and dtype. Non-negative powers only."""
-        if isinstance(h, str | bytes):
-            raise TypeError(f"a horizon is an int or a sequence of ints, got {h!r}")
-        single = not isinstance(h, Sequence | torch.Tensor) and not hasattr(h, "__len__")
-        horizons = [h] if single else [int(x) for x in h]
-        if not horizons:
-            raise ValueError("predict needs at least one horizon, got an empty sequence")
-        for x in horizons:
-            if int(x) != x or x < 0:
-                raise ValueError(f"horizons must be non-negative integers, got {x!r}")
-        horizons = [int(x) for x in horizons]
+        horizons, single = as_horizons(h)
         coords = self._coords(horizons)
         states = self._lift_checked(coords, horizons)  # (H, D)
         result = states[0] if single else states
@@ -172,6 +163,13 @@ class DMDModel:
                 warnings.warn(
                     f"{int(other.sum())} mode(s) neither decay nor sit at eigenvalue 1; "
                     "they have no limit and are left out of the fixed point",
+                    stacklevel=2,
+                )
+            scale = float(b0.abs().max()) + float(bc.abs().max())
+            if self.affine and bool((bc[at_one].abs() > 1e-10 * scale).any()):
+                warnings.warn(
+                    "the constant term drives eigenvalue-1 mode(s): the prediction drifts "
+                    "linearly and has no limit; the fixed point leaves that drift out",
                     stacklevel=2,
                 )
             z = torch.where(at_one, b0, torch.zeros_like(b0))
@@ -250,7 +248,9 @@ def fit_dmd(
         Xc, Yc = Xs, Ys
     U, sigma, Vh = torch.linalg.svd(Xc, full_matrices=False)
     stored = Xt.dtype if Xt.dtype.is_floating_point else torch.float64
-    r = choose_rank(sigma, tuple(Xc.shape), rank, eps=torch.finfo(stored).eps)
+    full_shape = (Xt.shape[0] * delays, Xc.shape[1])  # before the method of snapshots
+    r = choose_rank(sigma, tuple(Xc.shape), rank, eps=torch.finfo(stored).eps,
+                    full_shape=full_shape)
     Ur, Sr, Vr = U[:, :r], sigma[:r], Vh[:r].T
     B = Yc @ Vr / Sr  # exact-DMD lift: A = B Ur^T
     raw = Ur.T @ B  # Atilde = Ur^T Yc Vr Sr^-1

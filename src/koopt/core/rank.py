@@ -61,17 +61,27 @@ def choose_rank(
     shape: tuple[int, int],
     rank: RankSpec,
     eps: float = torch.finfo(torch.float64).eps,
+    full_shape: tuple[int, int] | None = None,
 ) -> int:
     """The effective rank for singular values ``sigma`` (descending) of a matrix of ``shape``
-    whose entries were stored with machine epsilon ``eps``."""
+    whose entries were stored with machine epsilon ``eps``.
+
+    ``full_shape``: the shape of the matrix before the method of snapshots compressed it to
+    ``shape`` (D x pairs); Gavish-Donoho's threshold depends on its aspect ratio and on the
+    median of all its min(full_shape) singular values, the ones the compression dropped
+    being exactly 0."""
     r_num = numerical_rank(sigma, shape, eps)
     if r_num == 0:
         return 0
     if rank is None:
         return r_num
     if rank == "svht":
-        beta = min(shape) / max(shape)
-        tau = svht_omega(beta) * float(sigma[:r_num].median())
+        full = full_shape or shape
+        beta = min(full) / max(full)
+        k = max(min(full), sigma.numel())
+        padded = torch.cat([sigma, sigma.new_zeros(k - sigma.numel())])
+        # numpy's median: the mean of the middle two (torch's is the lower one)
+        tau = svht_omega(beta) * float(padded.double().quantile(0.5))
         return max(1, min(r_num, int((sigma > tau).sum())))
     if isinstance(rank, float):
         energy = sigma[:r_num] ** 2

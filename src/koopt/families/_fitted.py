@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from koopt.core import BatchedOperators, DMDModel
+from koopt.core._arrays import as_horizons
 from koopt.core.spectrum import spectral_radius
 from koopt.layout import ParameterLayout
 
@@ -78,12 +79,7 @@ class FittedFamily:
         return spectral_radius(self.eigenvalues)
 
     def predict(self, h: int | Sequence[int]) -> torch.Tensor:
-        if isinstance(h, str | bytes):
-            raise TypeError(f"a horizon is an int or a sequence of ints, got {h!r}")
-        single = not hasattr(h, "__len__")
-        horizons = [int(h)] if single else [int(x) for x in h]
-        if not horizons or any(x < 0 for x in horizons):
-            raise ValueError(f"horizons must be non-negative integers, got {h!r}")
+        horizons, single = as_horizons(h)
         out = torch.empty(len(horizons), self.numel, dtype=self.dtype)
         for part in self.parts:
             pred = part.predict(horizons)

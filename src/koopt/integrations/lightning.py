@@ -12,6 +12,7 @@ NeurIPS 2020; loss-checked candidates as in QuACK, NeurIPS 2023).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -75,7 +76,16 @@ class KoopmanCallback(Callback):
 
         scheduler = None
         if self.advance_scheduler and trainer.lr_scheduler_configs:
-            scheduler = trainer.lr_scheduler_configs[0].scheduler
+            config = trainer.lr_scheduler_configs[0]
+            if config.interval == "step" and config.frequency == 1:
+                scheduler = config.scheduler
+            else:  # a jump counts optimizer steps; this scheduler does not step per step
+                warnings.warn(
+                    f"KoopmanCallback(advance_scheduler=True): the LR scheduler steps every "
+                    f"{config.frequency} {config.interval}(s), not every optimizer step, so "
+                    "jumps do not advance it (use interval='step', frequency=1 for that)",
+                    stacklevel=2,
+                )
         self.koopman = KoopmanOptimizer(
             optimizer, loss_fn=loss_fn, module=pl_module, scheduler=scheduler, **self.options
         )
