@@ -23,8 +23,17 @@ from koopt import KoopmanOptimizer
 
 def main() -> None:
     dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
+    train_and_report(dist.get_rank(), dist.get_world_size())
+    # The DDP model (its reducer) and the wrapper died with train_and_report's frame; the
+    # process group goes only after that: gloo work still holding tensors when the
+    # interpreter exits aborts the process.
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def train_and_report(rank: int, world: int) -> None:
     digits = load_digits()
     X = torch.tensor(digits.data / 16.0, dtype=torch.float32)
     y = torch.tensor(digits.target)
@@ -59,12 +68,6 @@ def main() -> None:
             f"{opt.virtual_steps} steps skipped; validation loss {val:.4f}; "
             f"replicas bit-identical: {identical}"
         )
-    # Free the DDP model (its reducer) and everything that refers to it before the process
-    # group goes: gloo work still holding tensors at interpreter exit aborts the process.
-    del opt, check, model
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
