@@ -26,6 +26,27 @@ def net() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
 
 
+def lightning_module(L, epoch_scheduler: bool = False):
+    """A LightningModule around ``net()``: Adam at 1e-2, MSE; optionally a StepLR halving
+    the rate every epoch (Lightning's default scheduler interval)."""
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net()
+
+        def training_step(self, batch, batch_idx):
+            return F.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            opt = torch.optim.Adam(self.parameters(), lr=1e-2)
+            if not epoch_scheduler:
+                return opt
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
+
+    return Module
+
+
 def test_integrations_package_imports_without_extras():
     import koopt.integrations as integrations
 
@@ -39,19 +60,7 @@ def test_lightning_callback_jumps_counts_optimizer_steps_and_resumes(tmp_path):
     from koopt.integrations.lightning import KoopmanCallback
 
     X, y = data()
-
-    class Module(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = net()
-
-        def training_step(self, batch, batch_idx):
-            xb, yb = batch
-            return F.mse_loss(self.net(xb), yb)
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=1e-2)
-
+    Module = lightning_module(L)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=16)
 
     def trainer(max_steps, cb):
@@ -144,19 +153,7 @@ def test_lightning_epoch_scheduler_is_not_advanced_by_jumps(tmp_path):
     from koopt.integrations.lightning import KoopmanCallback
 
     X, y = data()
-
-    class Module(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = net()
-
-        def training_step(self, batch, batch_idx):
-            return F.mse_loss(self.net(batch[0]), batch[1])
-
-        def configure_optimizers(self):  # Lightning's default interval: "epoch"
-            opt = torch.optim.Adam(self.parameters(), lr=1e-2)
-            return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
-
+    Module = lightning_module(L, epoch_scheduler=True)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=8)
     cb = KoopmanCallback(loss_fn=lambda m: F.mse_loss(m.net(X), y), advance_scheduler=True,
                          **FAST)
