@@ -77,12 +77,18 @@ class JumpPrecisionWarning(UserWarning):
 UNCHECKED_MAX_RATIO = 10.0
 
 
+def _distance(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 20) -> float:
+    """||a - b|| of two flat vectors, summed in float64 chunk by chunk (no N-size copy)."""
+    total = 0.0
+    for start in range(0, a.numel(), chunk):
+        d = a[start : start + chunk].to(torch.float64) - b[start : start + chunk]
+        total += float(d.square().sum())
+    return math.sqrt(total)
+
+
 def _mean_step(snapshots: torch.Tensor) -> tuple[torch.Tensor, float]:
     """The last of (T, N) snapshots and the mean norm of their T - 1 consecutive steps."""
-    steps = [
-        float(torch.linalg.vector_norm((snapshots[k + 1] - snapshots[k]).to(torch.float64)))
-        for k in range(snapshots.shape[0] - 1)
-    ]
+    steps = [_distance(snapshots[k + 1], snapshots[k]) for k in range(snapshots.shape[0] - 1)]
     return snapshots[-1], sum(steps) / max(1, len(steps))
 
 
@@ -742,7 +748,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                 cand = batch[k] if bool(torch.isfinite(batch[k]).all()) else None
             if cand is not None and mean_step is not None:
                 last, step = mean_step
-                moved = float(torch.linalg.vector_norm((cand - last).to(torch.float64)))
+                moved = _distance(cand, last)
                 if not moved <= UNCHECKED_MAX_RATIO * candidates[k] * step:
                     record["implausible"] = record.get("implausible", 0) + 1
                     return None
