@@ -663,3 +663,22 @@ def test_bad_hooks_and_horizons_are_refused_at_construction():
         with pytest.raises(ValueError, match="whole step counts"):
             KoopmanOptimizer(opt, horizons=bad)
     assert KoopmanOptimizer(opt, horizons=np.array([20, 40])).horizons == [20, 40]
+
+
+def test_a_nan_check_loss_is_refused_and_named_in_the_log(monkeypatch):
+    monkeypatch.setattr(koptim, "fit_family", FakeFit(lambda last, h: last + 0.01))
+    model = mlp()
+    calls = []
+
+    def loss_fn():  # the current weights score 1.0, every candidate NaN
+        calls.append(1)
+        return 1.0 if len(calls) % 3 == 1 else float("nan")
+
+    opt = wrapped(model, loss_fn=loss_fn, horizons=(4, 8), adaptive=False)
+    X, y = data()
+    train(model, opt, 8, X, y)  # snapshots at steps 2, 4, 6, 8: one check
+    rec = opt.log[0]
+    assert not rec["accepted"] and rec["nonfinite_losses"] == [0, 1]
+    assert rec["reason"] == "no candidate beats the current loss"
+    assert json.loads(json.dumps(opt.log[0]))["losses"] == [None, None]
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())

@@ -788,6 +788,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     del cand
                     value = self._eval_loss()
                     losses.append(value)
+                    if not math.isfinite(value):  # the JSON log writes it as null: say so
+                        record.setdefault("nonfinite_losses", []).append(k)
                     if self.stop_on_rise and not value < best_so_far:
                         record["stopped_at"] = k  # the rest are not scored (None)
                         losses.extend([None] * (len(candidates) - k - 1))
