@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from koopt.core._arrays import as_horizons
+from koopt.core._arrays import as_horizons, as_tensor
 from koopt.core.errors import DivergentPredictionError
 from koopt.core.spectrum import spectral_radius, stabilized, validate_stabilize
 
@@ -100,7 +100,7 @@ def fit_operators(
 ) -> BatchedOperators:
     """Fit U = F' pinv(F) for each of G systems; F has shape (G, n, T), T >= 2 snapshots
     (a torch tensor or a numpy array; integers are fitted in float64)."""
-    F = torch.as_tensor(F)
+    F = as_tensor(F)
     if F.is_complex():
         raise ValueError("F must be real")
     if F.ndim != 3:

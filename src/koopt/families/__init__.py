@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from koopt.core._arrays import as_tensor
 from koopt.families import layer, network, node, quasi_node, single_weight
 from koopt.families._fitted import FittedFamily
 from koopt.layout import ParameterLayout
@@ -38,15 +39,10 @@ def as_snapshots(snapshots: Any) -> torch.Tensor:
     if isinstance(snapshots, list | tuple):
         if not snapshots:
             raise ValueError("no snapshots given")
-        snapshots = torch.stack([torch.as_tensor(s) for s in snapshots])
-    try:
-        out = torch.as_tensor(snapshots)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(
-            f"snapshots must be a (T, N) tensor or array, got {type(snapshots).__name__}: {err}"
-        ) from None
-    if out.is_complex():
-        raise ValueError("snapshots must be real")
+        snapshots = torch.stack([as_tensor(s) for s in snapshots])
+    out = as_tensor(snapshots)  # the core's conversion: numpy shared, non-numeric refused
+    if out.is_complex() or out.dtype == torch.bool:
+        raise ValueError(f"snapshots must be real numbers, got {out.dtype}")
     return out if out.is_floating_point() else out.to(torch.float64)
 
 
