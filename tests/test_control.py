@@ -132,6 +132,7 @@ def test_horizons_grow_while_the_longest_candidate_keeps_winning(monkeypatch):
     monkeypatch.setattr(koptim, "fit_family", fake)
     w, loss = toy(target=-100.0)  # far away: every jump wants to be as long as possible
     opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                           fast_start=False,
                            horizons=(1, 2, 4), loss_fn=loss, extend=3)
     train(opt, w, 1 + 2 * 4)  # 4 windows of 3 snapshots (the last of one starts the next)
     assert [r["horizons"] for r in opt.log] == [[1, 2, 4], [2, 4, 8], [4, 8, 16], [8, 16, 32]]
@@ -149,6 +150,7 @@ def test_extension_stops_when_the_loss_rises_and_can_be_switched_off(monkeypatch
     # after the first window (3 steps) w = -0.003; target -0.0135: best horizon 10.5 steps
     w, loss = toy(target=-0.0135)
     opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                           fast_start=False,
                            horizons=(1, 2, 4), loss_fn=loss, adaptive=False, extend=3)
     train(opt, w, 3)
     rec = opt.log[0]
@@ -156,6 +158,7 @@ def test_extension_stops_when_the_loss_rises_and_can_be_switched_off(monkeypatch
     assert rec["extended_horizons"] == [8, 16] and rec["chosen"] == 8  # 16 overshoots
     w2, loss2 = toy(target=-100.0)
     off = KoopmanOptimizer(torch.optim.SGD([w2], lr=1e-3), warmup=1, stride=1, window=3,
+                           fast_start=False,
                            horizons=(1, 2, 4), loss_fn=loss2)  # the default: no extension
     train(off, w2, 3)
     assert "extended_horizons" not in off.log[0] and off.log[0]["chosen"] == 4
@@ -172,6 +175,7 @@ def test_stop_on_rise_scores_shortest_first_and_stops_past_the_minimum(monkeypat
     w, loss = toy(target=-0.006)
     counted = lambda: calls.append(1) or loss()  # noqa: E731
     opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                           fast_start=False,
                            horizons=(1, 2, 4, 8), loss_fn=counted, adaptive=False,
                            stop_on_rise=True)
     train(opt, w, 3)
@@ -184,6 +188,7 @@ def test_stop_on_rise_scores_shortest_first_and_stops_past_the_minimum(monkeypat
     w2, loss2 = toy(target=1.0)  # every step ahead moves away from the target
     counted2 = lambda: calls.append(1) or loss2()  # noqa: E731
     refuse = KoopmanOptimizer(torch.optim.SGD([w2], lr=1e-3), warmup=1, stride=1, window=3,
+                           fast_start=False,
                               horizons=(1, 2, 4, 8), loss_fn=counted2, stop_on_rise=True,
                               extend=3)
     train(refuse, w2, 3)
@@ -197,6 +202,7 @@ def test_refusals_shrink_then_skip_fits_and_state_dict_keeps_the_controller(monk
     monkeypatch.setattr(koptim, "fit_family", fake)
     w, loss = toy(target=-1.0)  # every candidate moves away from the target: refused
     opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                           fast_start=False,
                            horizons=(4, 8), loss_fn=loss,
                            controller_options={"refusals_to_skip": 2})
     train(opt, w, 1 + 2 * 6)  # six full windows
@@ -207,6 +213,7 @@ def test_refusals_shrink_then_skip_fits_and_state_dict_keeps_the_controller(monk
     state = opt.state_dict()["koopman"]["controllers"][0]
     assert state["scale"] == 1.0 and state["refusals_in_a_row"] == 3
     other = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                           fast_start=False,
                              horizons=(4, 8), loss_fn=loss,
                              controller_options={"refusals_to_skip": 2})
     other.load_state_dict(opt.state_dict())
@@ -219,6 +226,7 @@ def test_adaptive_false_and_unchecked_jumps_keep_the_grid(monkeypatch):
         w, loss = toy(target=-100.0)
         kwargs = {"adaptive": False, "loss_fn": loss} if check else {"loss_fn": None}
         opt = KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=1, window=3,
+                           fast_start=False,
                                horizons=(1, 2), **kwargs)
         train(opt, w, 7)
         assert [r["horizons"] for r in opt.log] == [[1, 2]] * 3
@@ -246,22 +254,31 @@ def test_real_training_with_the_controller_still_restores_or_improves():
         assert len(r["horizons"]) >= 1 and all(h % 2 == 0 for h in r["horizons"])
 
 
-def test_refine_goes_to_the_fine_timescale_once_before_skipping():
-    c = HorizonController([1, 2], refusals_to_skip=2, refine=True)
+def test_refusals_ask_for_the_next_timescale_while_moves_are_left_then_skip():
+    c = HorizonController([1, 2], refusals_to_skip=2, moves=1)
     c.update(False, None, 2)
-    c.update(False, None, 2)  # 2 in a row: refine instead of skipping, count restarts
-    assert c.fine and c.refusals_in_a_row == 0 and c.should_fit()
+    c.update(False, None, 2)  # 2 in a row: ask for the next scale instead of skipping
+    assert c.move_requested and c.moves_left == 0 and c.refusals_in_a_row == 0
+    assert c.should_fit()
+    c.move_requested = False  # the wrapper took it
     c.update(False, None, 2)
-    c.update(False, None, 2)  # 2 in a row on the fine scale: now skip
-    assert not c.should_fit() and c.should_fit()
-    d = HorizonController([1, 2], refusals_to_skip=2, refine=True)
+    c.update(False, None, 2)  # 2 in a row with no move left: now skip one window
+    assert not c.move_requested and not c.should_fit() and c.should_fit()
+    d = HorizonController([1, 2], refusals_to_skip=2, moves=1)
     d.load_state_dict(c.state_dict())
-    assert d.fine and d.state_dict() == c.state_dict()
+    assert d.moves_left == 0 and d.state_dict() == c.state_dict()
+    old = dict(c.state_dict(), fine=True)  # a checkpoint from before the ladder, refined
+    del old["moves_left"]
+    e = HorizonController([1, 2], refusals_to_skip=2, moves=1)
+    e.load_state_dict(old)
+    assert e.moves_left == 0
+    with pytest.raises(ValueError, match="moves"):
+        HorizonController([1, 2], moves=-1)
 
 
 def _refusing_wrapper(w, loss, **kwargs):
     return KoopmanOptimizer(torch.optim.SGD([w], lr=1e-3), warmup=1, stride=4, window=5,
-                            horizons=(8, 16), loss_fn=loss,
+                            horizons=(8, 16), loss_fn=loss, fast_start=False,
                             controller_options={"refusals_to_skip": 2}, **kwargs)
 
 
@@ -274,8 +291,9 @@ def test_wrapper_records_on_the_fine_timescale_after_refusals_and_resumes_there(
     # coarse windows (stride 4, 5 snapshots) end at 17 and 33; the second refusal in a row
     # switches to stride 2, window 3 (the grid keeps its snapshots: 2, 4 -> 4, 8 steps)
     assert [r["step"] for r in opt.log] == [17, 33, 37, 41]
-    assert "refined" not in opt.log[0]
-    assert opt.log[1]["refined"] == {"stride": 2, "window": 3}
+    assert "timescale" not in opt.log[0]
+    assert opt.log[1]["timescale"] == {"name": "fine", "stride": 2, "window": 3,
+                                       "from_step": 33, "reason": "refusals"}
     assert [r["horizons"] for r in opt.log] == [[8, 16], [8, 16], [4, 8], [4, 8]]
     assert [r["snapshots"] for r in opt.log] == [5, 5, 3, 3]
     assert not any(r["accepted"] for r in opt.log) and w.item() == pytest.approx(-41e-3)
@@ -286,8 +304,9 @@ def test_wrapper_records_on_the_fine_timescale_after_refusals_and_resumes_there(
     first = _refusing_wrapper(w1, loss1)
     train(first, w1, 35)
     state = first.state_dict()
-    assert state["koopman"]["timescale"] == {"fine": True, "warmup": 33, "stride": 2,
-                                             "window": 3}
+    assert state["koopman"]["timescale"] == {"name": "fine", "warmup": 33, "stride": 2,
+                                             "window": 3, "heldout": [], "pending": {},
+                                             "early_windows": 0}
     w2, loss2 = toy(target=-1.0)
     w2.data.copy_(w1.data)
     second = _refusing_wrapper(w2, loss2)
@@ -298,11 +317,18 @@ def test_wrapper_records_on_the_fine_timescale_after_refusals_and_resumes_there(
     assert torch.equal(w2, w)
     second.load_state_dict(_refusing_wrapper(w2, loss2).state_dict())  # a coarse checkpoint
     assert second.schedule.stride == 4 and second.window == 5
+    # a checkpoint from before the time-scale ladder ("fine": True) resumes refined too
+    legacy = first.state_dict()
+    legacy["koopman"]["timescale"] = {"fine": True, "warmup": 33, "stride": 2, "window": 3}
+    third = _refusing_wrapper(*toy(target=-1.0))
+    third.load_state_dict(legacy)
+    assert third.timescale.name == "fine" and third.schedule.stride == 2
 
     # refine=False: skipping starts right after the second coarse refusal
     w3, loss3 = toy(target=-1.0)
     plain = _refusing_wrapper(w3, loss3, refine=False)
     train(plain, w3, 41)
     assert [r["step"] for r in plain.log] == [17, 33] and plain.schedule.stride == 4
-    with pytest.raises(ValueError, match="refine"):
-        KoopmanOptimizer(torch.optim.SGD([w3], lr=1e-3), controller_options={"refine": True})
+    for key in ("refine", "moves"):
+        with pytest.raises(ValueError, match=key):
+            KoopmanOptimizer(torch.optim.SGD([w3], lr=1e-3), controller_options={key: 1})

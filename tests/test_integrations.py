@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FAST = {"warmup": 2, "stride": 2, "window": 4, "horizons": (4, 8)}
+FAST = {"warmup": 2, "stride": 2, "window": 4, "horizons": (4, 8), "fast_start": False}
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor]:

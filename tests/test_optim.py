@@ -23,7 +23,7 @@ import koopt.optim as koptim
 from koopt.optim import JumpPrecisionWarning, KoopmanOptimizer
 from koopt.snapshots import SnapshotBuffer, SnapshotSchedule
 
-FAST = {"warmup": 2, "stride": 2, "window": 4, "horizons": (4, 8, 16)}
+FAST = {"warmup": 2, "stride": 2, "window": 4, "horizons": (4, 8, 16), "fast_start": False}
 
 
 def data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

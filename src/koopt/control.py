@@ -14,11 +14,12 @@ evidence (measured in ``benchmarks/time_to_target.py``, see ``docs/optimizer.md`
   refusal, but never below the base grid (``min_scale`` 1): on the noisy digits MLP
   refusals and shortest wins come from noise, and letting the grid shrink below the base
   halved the steps the jumps skipped;
-- after ``refusals_to_skip`` refusals in a row, if ``refine`` is set, the wrapper is told
-  to record on a finer time scale (:attr:`fine`; shorter stride and window, as QuACK's
-  short windows) and the count starts again: where the coarse model never predicts well
-  (the HNN with Adam, heavy momentum), a short window often does;
-- after ``refusals_to_skip`` refusals in a row (on the fine scale, when refining) the next
+- after ``refusals_to_skip`` refusals in a row, while time-scale ``moves`` are left, the
+  wrapper is asked to record on its next time scale (:attr:`move_requested`; e.g. from
+  the early every-step scale to the base scale, then to a finer one, as QuACK's short
+  windows) and the count starts again: where one scale never predicts well (the HNN with
+  Adam, heavy momentum, on the base scale), another often does;
+- after ``refusals_to_skip`` refusals in a row (on the last time scale) the next
   fits are skipped (1, 2, 4 ... windows, at most ``max_skip``): fits and loss checks that keep
   failing cost time and give nothing. An accepted jump ends the skipping. An accepted
   jump is worth tens of gradient steps, a refused check a few, so skipping starts late
@@ -47,7 +48,8 @@ class HorizonController:
         min_scale, max_scale: bounds of the scale.
         refusals_to_skip: refusals in a row before fits start being skipped (0: never skip).
         max_skip: the most windows skipped in a row.
-        refine: go to the finer time scale (:attr:`fine`) once, before skipping.
+        moves: how many times refusals in a row may ask for the next time scale
+            (:attr:`move_requested`, cleared by the caller) before fits are skipped.
     """
 
     def __init__(
@@ -61,7 +63,7 @@ class HorizonController:
         max_scale: float = 64.0,
         refusals_to_skip: int = 4,
         max_skip: int = 8,
-        refine: bool = False,
+        moves: int = 0,
     ) -> None:
         base = sorted({int(b) for b in base})
         if not base or base[0] < 1:
@@ -70,8 +72,8 @@ class HorizonController:
             raise ValueError(f"need grow > 1 and 0 < shrink < 1, got {grow}, {shrink}")
         if not (0 < min_scale <= 1 <= max_scale):
             raise ValueError(f"need 0 < min_scale <= 1 <= max_scale, got {min_scale}, {max_scale}")
-        if refusals_to_skip < 0 or max_skip < 0:
-            raise ValueError("refusals_to_skip and max_skip must be >= 0")
+        if refusals_to_skip < 0 or max_skip < 0 or moves < 0:
+            raise ValueError("refusals_to_skip, max_skip and moves must be >= 0")
         self.base = base
         self.adaptive = bool(adaptive)
         self.grow = float(grow)
@@ -80,8 +82,8 @@ class HorizonController:
         self.max_scale = float(max_scale)
         self.refusals_to_skip = int(refusals_to_skip)
         self.max_skip = int(max_skip)
-        self.refine = bool(refine)
-        self.fine = False
+        self.moves_left = int(moves)
+        self.move_requested = False
         self.scale = 1.0
         self.refusals_in_a_row = 0
         self.skip_left = 0
@@ -114,8 +116,9 @@ class HorizonController:
         self.refusals_in_a_row += 1
         self.scale = max(self.scale * self.shrink, self.min_scale)
         if self.refusals_to_skip and self.refusals_in_a_row >= self.refusals_to_skip:
-            if self.refine and not self.fine:  # try the finer time scale before skipping
-                self.fine = True
+            if self.moves_left > 0:  # try the next time scale before skipping
+                self.moves_left -= 1
+                self.move_requested = True
                 self.refusals_in_a_row = 0
                 return
             k = self.refusals_in_a_row - self.refusals_to_skip
@@ -127,7 +130,7 @@ class HorizonController:
             "refusals_in_a_row": self.refusals_in_a_row,
             "skip_left": self.skip_left,
             "skipped": self.skipped,
-            "fine": self.fine,
+            "moves_left": self.moves_left,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -138,4 +141,8 @@ class HorizonController:
         self.refusals_in_a_row = int(state["refusals_in_a_row"])
         self.skip_left = int(state["skip_left"])
         self.skipped = int(state.get("skipped", 0))
-        self.fine = bool(state.get("fine", False))
+        if "moves_left" in state:
+            self.moves_left = int(state["moves_left"])
+        elif state.get("fine"):  # a checkpoint from before the time-scale ladder: refined
+            self.moves_left = 0
+        self.move_requested = False
