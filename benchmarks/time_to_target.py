@@ -173,6 +173,7 @@ TASKS: dict[str, tuple[Callable[[int, dict | None], Arm], int, int, int]] = {
     "hnn_adam": (lambda s, k: hnn_arm(s, "adam", k), 8000, 3000, 20),
     "hnn_adadelta": (lambda s, k: hnn_arm(s, "adadelta", k), 8000, 3000, 20),
     "mlp": (lambda s, k: classifier_arm(s, lambda: MLP(64), "adadelta", k), 3000, 1500, 10),
+    "mlp_adam": (lambda s, k: classifier_arm(s, lambda: MLP(64), "adam", k), 3000, 1500, 10),
     **{
         f"width{h}": (lambda s, k, h=h: classifier_arm(s, width_mlp(h), "adadelta", k),
                       2000, 1000, 10)
