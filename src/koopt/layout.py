@@ -80,10 +80,11 @@ class ParameterLayout:
         self._check_length(vec)
         return {s.name: vec[s.offset : s.offset + s.numel].view(s.shape) for s in self.slots}
 
-    def write_(self, vec: torch.Tensor) -> None:
-        """Copy a flat vector into the parameters in place; refuses non-finite values."""
+    def write_(self, vec: torch.Tensor, *, check_finite: bool = True) -> None:
+        """Copy a flat vector into the parameters in place; refuses non-finite values
+        (``check_finite=False``: the caller has just checked them)."""
         self._check_length(vec)
-        if not bool(torch.isfinite(vec).all()):
+        if check_finite and not bool(torch.isfinite(vec).all()):
             raise ValueError("refusing to write non-finite values into the model's parameters")
         with torch.no_grad():
             for slot, p in zip(self.slots, self.params, strict=True):

@@ -860,8 +860,12 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         t_check = time.perf_counter()
         low_precision = any(p.dtype in _LOW_PRECISION for p in local)
 
-        def write(candidate: torch.Tensor) -> None:
-            layout.write_(candidate)
+        written: list[int] = []  # index of the candidate in the parameters now
+
+        def write(candidate: torch.Tensor, k: int) -> None:
+            # candidates reach here only when finite (``local_candidate``)
+            layout.write_(candidate, check_finite=False)
+            written[:] = [k]
             if low_precision:
                 lost = _unrepresented_fraction(local, saved, candidate) or 0.0
                 record["unrepresented_fraction"] = max(
@@ -920,7 +924,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     if cand is None:
                         losses.append(None)
                         continue
-                    write(cand)
+                    write(cand, k)
                     del cand
                     value = self._eval_loss()
                     losses.append(value)
@@ -943,7 +947,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     if cand is None:
                         losses.append(None)
                         break
-                    write(cand)
+                    write(cand, len(candidates) - 1)
                     del cand
                     losses.append(self._eval_loss())
                 if len(candidates) > n_grid:
@@ -961,9 +965,10 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     record["reason"] = "no candidate beats the current loss"
                     return 0
                 record["loss_after"] = best_loss
-                cand = candidate(best)
-                assert cand is not None
-            write(cand)
+                cand = None if written == [best] else candidate(best)  # in place already?
+                assert cand is not None or written == [best]
+            if cand is not None:
+                write(cand, best)
         except BaseException:
             self._restore(local, saved)
             raise
