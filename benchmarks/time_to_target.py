@@ -22,6 +22,10 @@ Wall clock on a shared machine is noisy, so a second, noise-robust figure is pri
 own time until then expressed in plain steps), QuACK's cost unit with every koopt cost
 converted at the plain arm's measured time per step.
 
+The cheap baseline ("restart", "restarts only"): a third arm, the plain optimizer with
+its state cleared every 20 steps and no jump, timed the same way: the speedup that
+restarting the optimizer alone gives (``state_policy="reset"`` restarts it after jumps).
+
 The whole run ("end tr", "end val"): the lowest training and validation loss the wrapped
 arm reached within the plain arm's total wall clock, over the plain arm's lowest ones (the
 best checkpoint each would keep); below 1 means koopt left a better model for the same time.
@@ -188,13 +192,39 @@ def monitor(arm: Arm, step: int) -> None:
     arm.curve.append((step, arm.wall, arm.train_loss(), arm.val_loss()))
 
 
+#: The cheap baseline arm: the plain optimizer with its state cleared every this many steps
+#: (no Koopman). ``state_policy="reset"`` clears it after every accepted jump; this arm says
+#: how much of a speedup the restarts alone would give.
+RESTART_EVERY = 20
+
+
+def with_restarts(arm: Arm, every: int) -> Arm:
+    """Clear the optimizer's state (Adam's moments, Adadelta's accumulators) every ``every``
+    steps, as QuACK's restarts do, without any jump."""
+    opt, count = arm.opt, [0]
+    inner_step = opt.step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        out = inner_step(*args, **kwargs)
+        count[0] += 1
+        if count[0] % every == 0:
+            opt.state.clear()
+        return out
+
+    opt.step = step  # type: ignore[method-assign]
+    return arm
+
+
 def run_pair(task: str, seed: int, steps: int, every: int, options: dict) -> dict[str, Any]:
     make = TASKS[task][0]
     plain, koop = make(seed, None), make(seed, options)
-    monitor(plain, 0)
-    monitor(koop, 0)
+    restart = with_restarts(make(seed, None), RESTART_EVERY)
+    arms = [plain, koop, restart]
+    for arm in arms:
+        monitor(arm, 0)
     for done in range(every, steps + 1, every):
-        for arm in (plain, koop) if (done // every) % 2 else (koop, plain):
+        k = done // every
+        for arm in arms[k % 3:] + arms[: k % 3]:  # each arm first in turn
             t0 = time.perf_counter()
             for _ in range(every):
                 arm.step()
@@ -210,7 +240,7 @@ def run_pair(task: str, seed: int, steps: int, every: int, options: dict) -> dic
                 return wall, step, val
         return None
 
-    hp, hk = hit(plain), hit(koop)
+    hp, hk, hr = hit(plain), hit(koop), hit(restart)
     assert hp is not None  # the plain arm reaches its own L_min
     t_plain, step_plain, val_plain = hp
     # wrapped arm's validation loss at the plain arm's time to target
@@ -235,6 +265,8 @@ def run_pair(task: str, seed: int, steps: int, every: int, options: dict) -> dic
         "koop_s": hk[0] if hk else None, "koop_step": hk[1] if hk else None,
         "speedup": (t_plain / hk[0]) if hk else 0.0,
         "speedup_steps": (step_plain / koop_s_steps) if koop_s_steps else 0.0,
+        "restart_speedup": (t_plain / hr[0]) if hr else 0.0,
+        "restart_step": hr[1] if hr else None,
         "val_plain": val_plain, "val_koop": val_koop_same,
         "koop_val_at_own_target": hk[2] if hk else None,
         "end_train_ratio": end_train_ratio, "end_val_ratio": end_val_ratio,
@@ -261,7 +293,7 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}; options: {options or 'defaults'}")
     print(f"{'task':<13} {'seed':>4} {'plain s':>8} {'koop s':>8} {'speedup':>7} "
           f"{'steps p/k':>11} {'step-eq':>7} {'acc/ref':>8} {'virt':>6} {'ovh s':>6} "
-          f"{'val plain':>9} {'val koop':>9} {'end tr':>7} {'end val':>7}")
+          f"{'val plain':>9} {'val koop':>9} {'end tr':>7} {'end val':>7} {'restart':>7}")
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for task in tasks:
@@ -276,28 +308,33 @@ def main() -> None:
                   f"{r['speedup_steps']:>7.2f} "
                   f"{r['accepted']:>3}/{r['refused']:<4} {r['virtual_steps']:>6} "
                   f"{r['koop_overhead_s']:>6.3f} {r['val_plain']:>9.4f} {r['val_koop']:>9.4f} "
-                  f"{r['end_train_ratio']:>7.3f} {r['end_val_ratio']:>7.3f}",
+                  f"{r['end_train_ratio']:>7.3f} {r['end_val_ratio']:>7.3f} "
+                  f"{r['restart_speedup']:>7.2f}",
                   flush=True)
         sp = [r["speedup"] for r in rows if r["task"] == task]
         se = [r["speedup_steps"] for r in rows if r["task"] == task]
         vr = [r["val_koop"] / r["val_plain"] for r in rows if r["task"] == task]
         er = [r["end_train_ratio"] for r in rows if r["task"] == task]
         ev = [r["end_val_ratio"] for r in rows if r["task"] == task]
+        rs = [r["restart_speedup"] for r in rows if r["task"] == task]
         summary[task] = {"median_speedup": statistics.median(sp), "min_speedup": min(sp),
                          "max_speedup": max(sp), "median_speedup_steps": statistics.median(se),
                          "min_speedup_steps": min(se),
                          "median_val_ratio": statistics.median(vr),
                          "median_end_train_ratio": statistics.median(er),
                          "median_end_val_ratio": statistics.median(ev),
+                         "median_restart_speedup": statistics.median(rs),
                          "steps": steps, "seeds": seeds}
     print()
     print(f"{'task':<13} {'median':>7} {'min':>6} {'max':>6} {'step-eq median':>14} "
-          f"{'min':>6} {'val koop/plain':>14} {'end train':>9} {'end val':>7}")
+          f"{'min':>6} {'val koop/plain':>14} {'end train':>9} {'end val':>7} "
+          f"{'restarts only':>13}")
     for task, s in summary.items():
         print(f"{task:<13} {s['median_speedup']:>7.2f} {s['min_speedup']:>6.2f} "
               f"{s['max_speedup']:>6.2f} {s['median_speedup_steps']:>14.2f} "
               f"{s['min_speedup_steps']:>6.2f} {s['median_val_ratio']:>14.3f} "
-              f"{s['median_end_train_ratio']:>9.3f} {s['median_end_val_ratio']:>7.3f}")
+              f"{s['median_end_train_ratio']:>9.3f} {s['median_end_val_ratio']:>7.3f} "
+              f"{s['median_restart_speedup']:>13.2f}")
     print(json.dumps({"benchmark": "time_to_target", "quick": args.quick, "options": options,
                       "threads": 1, "summary": summary, "rows": rows}))
 

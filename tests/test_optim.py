@@ -272,7 +272,7 @@ def test_writes_are_in_place_and_optimizer_state_still_applies(monkeypatch):
     monkeypatch.setattr(koptim, "fit_family", FakeFit(lambda last, h: last + 1e-3 * h))
     model = mlp()
     ids = [(id(p), p.data_ptr()) for p in model.parameters()]
-    opt = wrapped(model, loss_fn=iter([1.0, 0.5, 0.7, 0.9]).__next__)
+    opt = wrapped(model, loss_fn=iter([1.0, 0.5, 0.7, 0.9]).__next__, state_policy="keep")
     X, y = data()
     train(model, opt, 8, X, y)
     assert opt.num_accepted == 1 and opt.log[0]["chosen"] == 4
@@ -293,8 +293,7 @@ def test_state_policy_reset_scheduler_advance_and_bn_hook(monkeypatch):
     opt = KoopmanOptimizer(
         inner,
         **FAST,
-        loss_fn=losses.__next__,
-        state_policy="reset",
+        loss_fn=losses.__next__,  # state_policy="reset", the default
         scheduler=sched,
         bn_recalibrate=lambda: recal.append(1),
     )
