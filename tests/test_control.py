@@ -293,7 +293,7 @@ def test_wrapper_records_on_the_fine_timescale_after_refusals_and_resumes_there(
     assert [r["step"] for r in opt.log] == [17, 33, 37, 41]
     assert "timescale" not in opt.log[0]
     assert opt.log[1]["timescale"] == {"name": "fine", "stride": 2, "window": 3,
-                                       "from_step": 33, "reason": "refusals"}
+                                       "at_step": 33, "from_step": 33, "reason": "refusals"}
     assert [r["horizons"] for r in opt.log] == [[8, 16], [8, 16], [4, 8], [4, 8]]
     assert [r["snapshots"] for r in opt.log] == [5, 5, 3, 3]
     assert not any(r["accepted"] for r in opt.log) and w.item() == pytest.approx(-41e-3)
@@ -304,9 +304,12 @@ def test_wrapper_records_on_the_fine_timescale_after_refusals_and_resumes_there(
     first = _refusing_wrapper(w1, loss1)
     train(first, w1, 35)
     state = first.state_dict()
+    moves = [{"name": "fine", "stride": 2, "window": 3, "at_step": 33, "from_step": 33,
+              "reason": "refusals"}]
     assert state["koopman"]["timescale"] == {"name": "fine", "warmup": 33, "stride": 2,
                                              "window": 3, "heldout": [], "pending": {},
-                                             "early_windows": 0}
+                                             "early_windows": 0, "deterministic": False,
+                                             "moves": moves}
     w2, loss2 = toy(target=-1.0)
     w2.data.copy_(w1.data)
     second = _refusing_wrapper(w2, loss2)

@@ -125,7 +125,11 @@ def test_noisy_training_leaves_the_early_scale_without_a_loss_check():
     first = opt.log[0]
     assert first["timescale"]["name"] == "base" and first["timescale"]["from_step"] == 40
     assert "unpredictable" in first["timescale"]["reason"]
-    assert first["heldout_error"] > PREDICTABLE_ERROR
+    assert first["timescale"]["at_step"] == 18 and opt.timescale_moves == [first["timescale"]]
+    # the two unfitted windows, each with the step it ended at; no error of its own
+    assert [step for step, _ in first["unfitted_windows"]] == [14, 18]
+    assert all(e > PREDICTABLE_ERROR for _, e in first["unfitted_windows"])
+    assert "heldout_error" not in first  # a base-scale window is not gated
 
 
 def test_fast_start_needs_a_loss_check_and_can_be_switched_off():
@@ -163,6 +167,7 @@ def test_resume_on_the_early_scale_is_bit_identical(stop):
                                                  strict=True))
     assert [r["step"] for r in opt.log] == [r["step"] for r in ref.log]
     assert opt.timescale == ref.timescale and opt.schedule == ref.schedule
+    assert opt.timescale_moves == ref.timescale_moves
 
 
 def test_refusals_on_the_early_scale_skip_before_warmup_then_hand_over(monkeypatch):
@@ -196,8 +201,47 @@ def test_refusals_on_the_early_scale_skip_before_warmup_then_hand_over(monkeypat
     early = [r for r in opt.log if r["snapshots"] == 5]
     assert [r["step"] for r in early] == [14, 18, 26, 38]  # 22, 30, 34 skipped
     assert opt.log[len(early) - 1]["timescale"] == {
-        "name": "base", "stride": 4, "window": 3, "from_step": 38, "reason": "refusals"}
+        "name": "base", "stride": 4, "window": 3, "at_step": 38, "from_step": 38,
+        "reason": "refusals"}
     assert [r["step"] for r in opt.log[len(early):]][:2] == [46, 54]
     assert opt.log[len(early) + 1]["timescale"]["name"] == "fine"
     assert not any(r["accepted"] for r in opt.log)
     assert w.item() == pytest.approx(-80e-3)
+
+
+def _scripted_gate(monkeypatch, errors):
+    """Replace the held-out error with a script (relative errors, one per gated window)."""
+    import koopt.optim as koptim
+
+    script = iter(errors)
+    calls = []
+
+    def fake(X, **options):
+        e = next(script)
+        calls.append(e)
+        return e * e, 1.0
+
+    monkeypatch.setattr(koptim, "holdout_error", fake)
+    return calls
+
+
+def test_gate_checks_every_window_until_two_pass_then_every_16th(monkeypatch):
+    calls = _scripted_gate(monkeypatch, [0.3, 0.05, 0.05] + [0.01] * 100)
+    model, check, _, train = regression(noise=0.0)
+    opt = KoopmanOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), loss_fn=check)
+    train(opt, 10 + 4 * 40)  # 40 early windows
+    # windows 1-3 gated (fail, pass, pass: deterministic), then windows 16 and 32 only
+    assert len(calls) == 5 and opt._deterministic and opt.timescale.name == "early"
+    assert opt.log[0]["unfitted_windows"][0][0] == 14 and opt.log[0]["heldout_error"] == 0.05
+
+
+def test_gate_without_a_verdict_ends_the_early_scale(monkeypatch):
+    from koopt.optim import GATE_LIMIT
+
+    calls = _scripted_gate(monkeypatch, [0.05, 0.3] * 20)  # pass, fail, pass, fail ...
+    model, check, _, train = regression(noise=0.0)
+    opt = KoopmanOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), loss_fn=check)
+    train(opt, 10 + 4 * 12)
+    assert len(calls) == GATE_LIMIT and opt.timescale.name == "base"
+    assert "no two predictable windows" in opt.timescale_moves[0]["reason"]
+    assert opt.timescale_moves[0]["at_step"] == 10 + 4 * GATE_LIMIT

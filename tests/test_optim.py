@@ -293,7 +293,8 @@ def test_state_policy_reset_scheduler_advance_and_bn_hook(monkeypatch):
     opt = KoopmanOptimizer(
         inner,
         **FAST,
-        loss_fn=losses.__next__,  # state_policy="reset", the default
+        loss_fn=losses.__next__,
+        state_policy="reset",
         scheduler=sched,
         bn_recalibrate=lambda: recal.append(1),
     )
@@ -681,3 +682,38 @@ def test_a_nan_check_loss_is_refused_and_named_in_the_log(monkeypatch):
     assert rec["reason"] == "no candidate beats the current loss"
     assert json.loads(json.dumps(opt.log[0]))["losses"] == [None, None]
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_flags_schedulers_and_controller_options_are_checked_at_construction():
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for flag in ("fast_start", "refine", "adaptive", "stop_on_rise", "affine"):
+        with pytest.raises(TypeError, match=flag):
+            KoopmanOptimizer(opt, **{flag: "no"})
+    with pytest.raises(ValueError, match=r"unknown \['grwo'\].*grow"):
+        KoopmanOptimizer(opt, controller_options={"grwo": 2.0})
+    with pytest.raises(ValueError, match="grow"):  # a known option with a bad value
+        KoopmanOptimizer(opt, controller_options={"grow": 0.5})
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=300)
+    with pytest.raises(TypeError, match="OneCycleLR.*total_steps.*scheduler= out"):
+        KoopmanOptimizer(opt, scheduler=one_cycle)
+
+
+def test_the_wrapper_step_can_be_compiled_and_jumps_as_in_eager():
+    def run(compiled: bool):
+        model = mlp()
+        X, y = data()
+        opt = wrapped(model, fast_start=True, warmup=10)
+        step = torch.compile(opt.step, backend="eager") if compiled else opt.step
+        for i in range(40):
+            idx = torch.arange(i % 4 * 16, i % 4 * 16 + 16)
+            opt.zero_grad()
+            F.mse_loss(model(X[idx]), y[idx]).backward()
+            step()
+        return model, opt
+
+    (m_eager, o_eager), (m_comp, o_comp) = run(False), run(True)
+    assert o_comp.num_accepted == o_eager.num_accepted >= 1
+    assert [r["step"] for r in o_comp.log] == [r["step"] for r in o_eager.log]
+    for a, b in zip(m_eager.parameters(), m_comp.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

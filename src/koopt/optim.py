@@ -91,8 +91,10 @@ FAST_START_WINDOW = 5
 #: noise floor of 0.19-0.29 with Adam on digits mini-batches (momentum smooths the steps,
 #: yet early jumps there cost a third of the time-to-target speedup), 0.6-1.4 with Adadelta.
 PREDICTABLE_ERROR = 0.15
-#: After its first two windows the gate checks every this many windows of the early scale.
+#: Once two windows in a row have passed, the gate checks every this many early windows.
 GATE_EVERY = 16
+#: Without two passes in a row within this many early windows the early scale ends.
+GATE_LIMIT = 8
 
 
 @dataclass(frozen=True)
@@ -224,12 +226,13 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             paper's unchecked jump to the longest horizon (non-finite candidates, and ones
             that move more than ``UNCHECKED_MAX_RATIO`` times the window's mean step per
             snapshot of horizon, are refused: nothing guards an unchecked jump otherwise).
-        state_policy: inner optimizer state after an accepted jump: "reset" (cleared, as
-            QuACK's restarts and optax ``lookahead(reset_state=True)``: moments and
-            accumulators gathered on the old path do not describe the jumped-to point) or
-            "keep" (they stay, as in Lookahead). Measured on time to target
-            (``docs/optimizer.md``): reset 2.3x against keep 1.8-2.0x on the HNN with
-            Adadelta, the same on the digits classifiers.
+        state_policy: inner optimizer state after an accepted jump: "keep" (moments and
+            accumulators stay, as in Lookahead) or "reset" (cleared, as QuACK's restarts
+            and optax ``lookahead(reset_state=True)``). Reset pays on the HNN solver
+            (time to target 2.3x against 1.8-2.0x with Adadelta; with Adam, restarts alone
+            do even better) but costs on other full-batch fits (a 4-16-1 regression: loss
+            after 300 steps 1.1-4x higher than keeping, ``docs/optimizer.md``), so it is
+            opt-in.
         bn_recalibrate: called (no arguments, under ``no_grad``) after an accepted jump,
             e.g. ``lambda: torch.optim.swa_utils.update_bn(loader, model)``.
         scheduler: an LR scheduler to advance by the accepted horizon (the jump counts as
@@ -266,7 +269,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         fast_start: bool = True,
         refine: bool = True,
         controller_options: Mapping[str, Any] | None = None,
-        state_policy: str = "reset",
+        state_policy: str = "keep",
         bn_recalibrate: Callable[[], Any] | None = None,
         scheduler: Any | None = None,
         module: nn.Module | None = None,
@@ -285,6 +288,10 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                             ("delays", delays), ("extend", extend)):
             if isinstance(value, bool) or int(value) != value:
                 raise TypeError(f"{name} must be a whole number, got {value!r}")
+        for name, flag in (("adaptive", adaptive), ("stop_on_rise", stop_on_rise),
+                           ("fast_start", fast_start), ("refine", refine), ("affine", affine)):
+            if not isinstance(flag, bool | int) or flag not in (0, 1):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be a callable returning the loss, got {loss_fn!r}")
         if bn_recalibrate is not None and not callable(bn_recalibrate):
@@ -318,6 +325,13 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             raise TypeError("scheduler must be an LR scheduler with a step() method")
         if scheduler is not None and type(scheduler).__name__ == "ReduceLROnPlateau":
             raise TypeError("ReduceLROnPlateau needs a metric; it cannot be advanced by a jump")
+        if scheduler is not None and hasattr(scheduler, "total_steps"):
+            raise TypeError(
+                f"{type(scheduler).__name__} raises once stepped past total_steps, and a jump "
+                "advances the scheduler by its horizon: it would run out mid-training. Step it "
+                "yourself and leave scheduler= out (jumps then do not advance it), or use a "
+                "schedule without a hard end"
+            )
         if snapshot_dtype is not None and snapshot_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"snapshot_dtype must be float32 or float64, got {snapshot_dtype}")
 
@@ -354,7 +368,14 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                     f"{key} is set through KoopmanOptimizer(fast_start=..., refine=...), "
                     "not controller_options"
                 )
-        HorizonController(base, **self._controller_options)  # validate the options now
+        try:  # validate the options now
+            HorizonController(base, **self._controller_options)
+        except TypeError:
+            known = ("grow", "shrink", "min_scale", "max_scale", "refusals_to_skip", "max_skip")
+            unknown = sorted(set(self._controller_options) - set(known))
+            raise ValueError(
+                f"controller_options: unknown {unknown}; known options are {list(known)}"
+            ) from None
         self._controllers: dict[int, HorizonController] = {}
         self.loss_fn = loss_fn
         self.state_policy = state_policy
@@ -382,6 +403,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self._level = 0
         self._heldout: list[float] = []  # the early scale's recent held-out errors
         self._pending: dict[str, Any] = {}  # notes for the next log record
+        #: every move to another time scale: name, stride, window, at_step, from_step, reason
+        self.timescale_moves: list[dict[str, Any]] = []
         self._warmup = self.schedule.warmup
         early = self._ladder[0].name == "early"
         self._enter(0, warmup=min(FAST_START_WARMUP, self._warmup) if early else self._warmup)
@@ -507,6 +530,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
     step.hooked = True  # type: ignore[attr-defined]  # torch must not wrap it again
 
     # ------------------------------------------------------------------ recording
+    @torch.compiler.disable  # fits and checks stay eager when the wrapper's step is compiled
     def record_step(self) -> None:
         """Account for one gradient step the inner optimizer has just taken.
 
@@ -542,6 +566,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             if self.controller_for(ready[0]).should_fit():
                 self._jump(ready)
             else:  # recent jumps were refused: start the next window without fitting
+                self._pending.pop("heldout_error", None)
                 for gi in ready:
                     self._reopen(gi)
 
@@ -774,6 +799,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self._controllers = {}  # each rung starts with a fresh controller
         self._heldout = []
         self._early_windows = 0
+        self._deterministic = False
 
     def _move_on(self, reason: str) -> None:
         """Go to the next rung of the ladder now (or at ``warmup`` if that is later)."""
@@ -781,9 +807,10 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         start = max(self._step, self._warmup) if self.timescale.name == "early" else self._step
         self._enter(self._level + 1, warmup=start)
         scale = self.timescale
-        self._pending["timescale"] = {"name": scale.name, "stride": scale.stride,
-                                      "window": scale.window, "from_step": self.schedule.warmup,
-                                      "reason": reason}
+        move = {"name": scale.name, "stride": scale.stride, "window": scale.window,
+                "at_step": self._step, "from_step": self.schedule.warmup, "reason": reason}
+        self.timescale_moves.append(move)
+        self._pending["timescale"] = dict(move)
         for gi in list(self._windows):
             if self.schedule.warmup > self._step:
                 self._windows.pop(gi)  # the first window opens at the new warmup
@@ -791,16 +818,18 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                 self._reopen(gi)
 
     def _gate_due(self) -> bool:
-        """The held-out gate runs on the early scale's first two windows, then on every
-        ``GATE_EVERY``-th (each costs about one fit)."""
+        """The held-out gate runs on every early window until two in a row pass (the path
+        is then judged deterministic), then on every ``GATE_EVERY``-th (a check costs about
+        one fit)."""
         self._early_windows += 1
-        return self._early_windows <= 2 or self._early_windows % GATE_EVERY == 0
+        return not self._deterministic or self._early_windows % GATE_EVERY == 0
 
     def _predictable(self, groups: list[int]) -> bool:
         """The early scale's gate: predict each full window's last snapshot from the rest.
 
-        False when the error exceeds ``PREDICTABLE_ERROR`` of the last step; after two such
-        windows in a row the wrapper moves to the next time scale.
+        False when the error exceeds ``PREDICTABLE_ERROR`` of the last step (the window is
+        then not fitted). Two such checks in a row, or no two passes in a row within the
+        first ``GATE_LIMIT`` windows, move the wrapper to the next time scale.
         """
         t0 = time.perf_counter()
         err = ref = 0.0
@@ -825,11 +854,18 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         error = math.sqrt(err / ref) if ref > 0 and math.isfinite(err) else math.inf
         self._heldout = (self._heldout + [error])[-2:]
         self._pending["probe_s"] = self._pending.get("probe_s", 0.0) + time.perf_counter() - t0
-        self._pending["heldout_error"] = error
-        if error <= PREDICTABLE_ERROR:
+        passed = [e <= PREDICTABLE_ERROR for e in self._heldout]
+        if passed[-1]:
+            self._pending["heldout_error"] = error  # this window's, fitted right after
+            if passed == [True, True]:
+                self._deterministic = True
             return True
-        if len(self._heldout) == 2 and min(self._heldout) > PREDICTABLE_ERROR:
+        # not fitted: listed (end step, error) on the next record
+        self._pending.setdefault("unfitted_windows", []).append([self._step, error])
+        if passed == [False, False]:
             self._move_on(f"unpredictable (held-out error {error:.2f} of the last step)")
+        elif not self._deterministic and self._early_windows >= GATE_LIMIT:
+            self._move_on(f"no two predictable windows in a row in the first {GATE_LIMIT}")
         return False
 
     def _predict(self, fitted: Any, h: int) -> torch.Tensor | None:
@@ -1058,7 +1094,9 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             "timescale": {"name": self.timescale.name, "warmup": self.schedule.warmup,
                           "stride": self.schedule.stride, "window": self.window,
                           "heldout": list(self._heldout), "pending": dict(self._pending),
-                          "early_windows": self._early_windows},
+                          "early_windows": self._early_windows,
+                          "deterministic": self._deterministic,
+                          "moves": [dict(m) for m in self.timescale_moves]},
             "windows": windows,
             "controllers": {gi: c.state_dict() for gi, c in self._controllers.items()},
             "log": [dict(r) for r in self.log],
@@ -1108,9 +1146,11 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             self._heldout = [float(e) for e in timescale.get("heldout", [])]
             self._pending = dict(timescale.get("pending", {}))
             self._early_windows = int(timescale.get("early_windows", 0))
+            self._deterministic = bool(timescale.get("deterministic", False))
         else:  # saved on a scale this wrapper does not use (fast_start/refine turned off)
             self._enter(names.index("base"), warmup=max(int(state["step"]), self._warmup))
             saved_windows = {}
+        self.timescale_moves = [dict(m) for m in timescale.get("moves", [])]
         by_index: dict[int, torch.Tensor] = {}
         start = 0
         for group in self.param_groups:
