@@ -717,3 +717,20 @@ def test_the_wrapper_step_can_be_compiled_and_jumps_as_in_eager():
     assert [r["step"] for r in o_comp.log] == [r["step"] for r in o_eager.log]
     for a, b in zip(m_eager.parameters(), m_comp.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_log_limit_keeps_the_latest_records_and_log_path_keeps_all(tmp_path, monkeypatch):
+    monkeypatch.setattr(koptim, "fit_family", FakeFit(lambda last, h: last + 1e-3 * h))
+    model = mlp()
+    path = tmp_path / "fits.jsonl"
+    falling = iter(range(10_000, 0, -1))  # every candidate beats the loss before it
+    opt = wrapped(model, log_limit=2, log_path=str(path), loss_fn=lambda: float(next(falling)))
+    X, y = data()
+    train(model, opt, 2 + 6 * 5, X, y)  # 5 windows of 4 snapshots at stride 2
+    assert len(opt.log) == 2 and opt.num_accepted + opt.num_refused == 5
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 5 and [r["step"] for r in opt.log] == [r["step"] for r in lines[-2:]]
+    assert len(opt.state_dict()["koopman"]["log"]) == 2
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="log_limit"):
+            wrapped(mlp(), log_limit=bad)

@@ -203,15 +203,16 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         fast_start: begin on an early time scale: from step ``min(warmup, 10)`` record every
             step into 5-snapshot windows (the same candidate grid in snapshots, so horizons
             from 2 steps, growing with the controller), while the path is predictable
-            there. Each of the first two windows, then every 16th, first predicts its last
-            snapshot from the others (``koopt.core.holdout_error``); a window whose error
-            exceeds ``PREDICTABLE_ERROR`` (0.15) of the last step is not fitted, and two in
-            a row move the wrapper to the base scale (``stride``, ``window``, from
-            ``warmup``). Refusals in a row skip fits there until ``warmup``, and after it
-            hand over to the base scale. Deterministic, fast early training (the HNN
-            solver) gains most; on mini-batch training the gate fails within about 10
-            steps at the cost of two tiny fits and no loss check (``docs/optimizer.md``).
-            Needs ``loss_fn`` (every-step jumps without a check would be unguarded).
+            there. Each window first predicts its last snapshot from the others
+            (``koopt.core.holdout_error``) until two in a row pass, then every 16th does; a
+            window whose error exceeds ``PREDICTABLE_ERROR`` (0.15) of the last step is not
+            fitted. Two such windows in a row, or no two passes in a row within the first
+            ``GATE_LIMIT`` (8) windows, move the wrapper to the base scale (``stride``,
+            ``window``, from ``warmup``); so do ``refusals_to_skip`` refusals in a row after
+            ``warmup`` (before it they skip fits). Deterministic, fast early training (the
+            HNN solver, full batch) gains most; mini-batch noise fails the gate by step 18
+            at the cost of two tiny fits and no loss check (``docs/optimizer.md``). Needs
+            ``loss_fn`` (every-step jumps without a check would be unguarded).
         refine: after ``refusals_to_skip`` (default 4) refusals in a row, record on a finer
             time scale from then on: stride ``stride // 2`` (at least 1), window
             ``round(0.6 * window)`` (at least ``delays + 2``), the same candidate grid in
@@ -243,6 +244,9 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         family_options: extra keyword arguments for ``fit_family`` (e.g. ``{"q": 4}``).
         writer: a ``torch.utils.tensorboard.SummaryWriter`` for ``koopt/*`` scalars.
         log_path: append one JSON line per fit to this file.
+        log_limit: keep at most this many of the latest records in ``log`` (and so in
+            ``state_dict``); ``log_path`` gets every record. None: keep all. The early
+            scale can fit every 4 steps, so an unbounded log would grow checkpoints.
 
     Attributes:
         log: one dict per fit: step, candidate horizons and their losses, the loss
@@ -277,6 +281,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         family_options: Mapping[str, Any] | None = None,
         writer: Any | None = None,
         log_path: str | None = None,
+        log_limit: int | None = 10_000,
         distributed: bool | None = None,
         process_group: Any = None,
     ) -> None:
@@ -387,6 +392,10 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self.process_group = process_group
         self.writer = writer
         self.log_path = log_path
+        if log_limit is not None and (isinstance(log_limit, bool) or not isinstance(
+                log_limit, int) or log_limit < 1):
+            raise ValueError(f"log_limit must be a positive int or None, got {log_limit!r}")
+        self.log_limit = log_limit
         self._names: dict[int, str] = {}
         if module is not None:
             self._names = {id(p): n for n, p in module.named_parameters()}
@@ -1058,6 +1067,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
     def _emit(self, record: dict[str, Any]) -> None:
         record = _json_safe(record)
         self.log.append(record)
+        if self.log_limit is not None and len(self.log) > self.log_limit:
+            del self.log[: len(self.log) - self.log_limit]
         if self.log_path is not None:
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
