@@ -309,7 +309,7 @@ def test_wrapper_records_on_the_fine_timescale_after_refusals_and_resumes_there(
     assert state["koopman"]["timescale"] == {"name": "fine", "warmup": 33, "stride": 2,
                                              "window": 3, "heldout": [], "pending": {},
                                              "early_windows": 0, "deterministic": False,
-                                             "moves": moves}
+                                             "recheck": False, "moves": moves}
     w2, loss2 = toy(target=-1.0)
     w2.data.copy_(w1.data)
     second = _refusing_wrapper(w2, loss2)

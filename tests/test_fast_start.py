@@ -245,3 +245,36 @@ def test_gate_without_a_verdict_ends_the_early_scale(monkeypatch):
     assert len(calls) == GATE_LIMIT and opt.timescale.name == "base"
     assert "no two predictable windows" in opt.timescale_moves[0]["reason"]
     assert opt.timescale_moves[0]["at_step"] == 10 + 4 * GATE_LIMIT
+
+
+def test_after_a_failed_periodic_check_the_next_window_is_checked(monkeypatch):
+    # pass, pass (deterministic); window 16 fails, 17 is checked and passes; 32 fails,
+    # 33 passes: isolated failures 16 windows apart are not "two in a row"
+    calls = _scripted_gate(monkeypatch, [0.05, 0.05, 0.3, 0.05, 0.3, 0.05] + [0.05] * 20)
+    model, check, _, train = regression(noise=0.0)
+    opt = KoopmanOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), loss_fn=check)
+    train(opt, 10 + 4 * 40)
+    assert len(calls) == 6 and opt.timescale.name == "early" and not opt.timescale_moves
+
+
+def test_the_verdict_comes_at_the_eighth_window(monkeypatch):
+    from koopt.optim import GATE_LIMIT
+
+    # fail, pass alternating: window 8 passes but no two passes in a row came before it
+    calls = _scripted_gate(monkeypatch, [0.3, 0.05] * 10)
+    model, check, _, train = regression(noise=0.0)
+    opt = KoopmanOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), loss_fn=check)
+    train(opt, 10 + 4 * 12)
+    assert len(calls) == GATE_LIMIT and opt.timescale.name == "base"
+    assert opt.timescale_moves[0]["at_step"] == 10 + 4 * GATE_LIMIT
+
+
+def test_loading_a_checkpoint_applies_log_limit():
+    model, check, _, train = regression(noise=0.0)
+    opt = KoopmanOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), loss_fn=check)
+    train(opt, 60)
+    assert len(opt.log) > 3
+    other = KoopmanOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), loss_fn=check,
+                             log_limit=3)
+    other.load_state_dict(opt.state_dict())
+    assert other.log == opt.log[-3:] and len(other.state_dict()["koopman"]["log"]) == 3

@@ -204,7 +204,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             step into 5-snapshot windows (the same candidate grid in snapshots, so horizons
             from 2 steps, growing with the controller), while the path is predictable
             there. Each window first predicts its last snapshot from the others
-            (``koopt.core.holdout_error``) until two in a row pass, then every 16th does; a
+            (``koopt.core.holdout_error``) until two in a row pass, then every 16th (and the
+            one after a failed check) does; a
             window whose error exceeds ``PREDICTABLE_ERROR`` (0.15) of the last step is not
             fitted. Two such windows in a row, or no two passes in a row within the first
             ``GATE_LIMIT`` (8) windows, move the wrapper to the base scale (``stride``,
@@ -212,7 +213,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             ``warmup`` (before it they skip fits). Deterministic, fast early training (the
             HNN solver, full batch) gains most; mini-batch noise fails the gate by step 18
             at the cost of two tiny fits and no loss check (``docs/optimizer.md``). Needs
-            ``loss_fn`` (every-step jumps without a check would be unguarded).
+            ``loss_fn`` and ``adaptive`` (every-step jumps without a check would be
+            unguarded); windows hold max(5, ``delays`` + 3) snapshots.
         refine: after ``refusals_to_skip`` (default 4) refusals in a row, record on a finer
             time scale from then on: stride ``stride // 2`` (at least 1), window
             ``round(0.6 * window)`` (at least ``delays + 2``), the same candidate grid in
@@ -809,6 +811,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self._heldout = []
         self._early_windows = 0
         self._deterministic = False
+        self._recheck = False
 
     def _move_on(self, reason: str) -> None:
         """Go to the next rung of the ladder now (or at ``warmup`` if that is later)."""
@@ -831,7 +834,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         is then judged deterministic), then on every ``GATE_EVERY``-th (a check costs about
         one fit)."""
         self._early_windows += 1
-        return not self._deterministic or self._early_windows % GATE_EVERY == 0
+        return (not self._deterministic or self._recheck
+                or self._early_windows % GATE_EVERY == 0)
 
     def _predictable(self, groups: list[int]) -> bool:
         """The early scale's gate: predict each full window's last snapshot from the rest.
@@ -864,10 +868,11 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         self._heldout = (self._heldout + [error])[-2:]
         self._pending["probe_s"] = self._pending.get("probe_s", 0.0) + time.perf_counter() - t0
         passed = [e <= PREDICTABLE_ERROR for e in self._heldout]
-        if passed[-1]:
+        self._recheck = not passed[-1]  # after a failure the very next window is checked
+        if passed == [True, True]:
+            self._deterministic = True
+        if passed[-1] and (self._deterministic or self._early_windows < GATE_LIMIT):
             self._pending["heldout_error"] = error  # this window's, fitted right after
-            if passed == [True, True]:
-                self._deterministic = True
             return True
         # not fitted: listed (end step, error) on the next record
         self._pending.setdefault("unfitted_windows", []).append([self._step, error])
@@ -1107,6 +1112,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
                           "heldout": list(self._heldout), "pending": dict(self._pending),
                           "early_windows": self._early_windows,
                           "deterministic": self._deterministic,
+                          "recheck": self._recheck,
                           "moves": [dict(m) for m in self.timescale_moves]},
             "windows": windows,
             "controllers": {gi: c.state_dict() for gi, c in self._controllers.items()},
@@ -1158,6 +1164,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
             self._pending = dict(timescale.get("pending", {}))
             self._early_windows = int(timescale.get("early_windows", 0))
             self._deterministic = bool(timescale.get("deterministic", False))
+            self._recheck = bool(timescale.get("recheck", False))
         else:  # saved on a scale this wrapper does not use (fast_start/refine turned off)
             self._enter(names.index("base"), warmup=max(int(state["step"]), self._warmup))
             saved_windows = {}
@@ -1185,6 +1192,8 @@ class KoopmanOptimizer(torch.optim.Optimizer):
         for gi, saved_ctl in state.get("controllers", {}).items():
             self.controller_for(int(gi)).load_state_dict(saved_ctl)
         self.log = [dict(r) for r in state.get("log", [])]
+        if self.log_limit is not None:
+            del self.log[: max(0, len(self.log) - self.log_limit)]
 
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's ``state_dict`` plus ``"koopman"`` (see koopman_state_dict)."""
