@@ -45,7 +45,7 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 
 from koopt.control import HorizonController
 from koopt.core.holdout import holdout_error
-from koopt.core.rank import validate_rank
+from koopt.core.rank import validate_rank, window_rank
 from koopt.core.spectrum import validate_stabilize
 from koopt.distributed import (
     agree_all,
@@ -627,10 +627,7 @@ class KoopmanOptimizer(torch.optim.Optimizer):
     def _fit_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"affine": self.affine, "stabilize": self.stabilize}
         if self.family in _RANKED_FAMILIES:
-            rank = self.rank
-            if isinstance(rank, int) and not isinstance(rank, bool):
-                # what a window supports: one per snapshot pair, one less when centred (affine)
-                rank = max(1, min(rank, self.window - self.delays - int(self.affine)))
+            rank = window_rank(self.rank, self.window, self.delays, self.affine)
             opts.update(rank=rank, delays=self.delays)
         opts.update(self.family_options)
         return opts

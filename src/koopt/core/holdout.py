@@ -16,7 +16,7 @@ import torch
 
 from koopt.core._arrays import as_tensor
 from koopt.core.dmd import fit_dmd
-from koopt.core.rank import RankSpec
+from koopt.core.rank import RankSpec, window_rank
 from koopt.core.snapshots_space import GramReducer
 
 __all__ = ["holdout_error"]
@@ -47,10 +47,8 @@ def holdout_error(
     if T < delays + 3:
         raise ValueError(f"a held-out check needs at least delays + 3 = {delays + 3} snapshots, "
                          f"got {T}")
-    if isinstance(rank, int) and not isinstance(rank, bool):
-        rank = max(1, min(rank, T - 1 - delays - int(affine)))
-    model = fit_dmd(Xt[:, :-1], rank=rank, delays=delays, affine=affine, stabilize=stabilize,
-                    reduce_gram=reduce_gram)
+    model = fit_dmd(Xt[:, :-1], rank=window_rank(rank, T - 1, delays, affine), delays=delays,
+                    affine=affine, stabilize=stabilize, reduce_gram=reduce_gram)
     prediction = model.predict(1)
     err = ref = 0.0
     for start in range(0, Xt.shape[0], chunk):

@@ -98,6 +98,15 @@ def choose_rank(
     return min(rank, limit)
 
 
+def window_rank(rank: RankSpec, snapshots: int, delays: int, affine: bool) -> RankSpec:
+    """An int ``rank`` cut to what ``snapshots`` snapshots support (one per snapshot pair
+    after the delay embedding, one less when centred for the affine term), at least 1;
+    other rank specs unchanged. Cutting here spares the fit its "rank cut" warning."""
+    if isinstance(rank, int) and not isinstance(rank, bool):
+        return max(1, min(rank, snapshots - delays - int(affine)))
+    return rank
+
+
 def energy_share(sigma: torch.Tensor, r: int) -> float:
     """Share of sum(sigma^2) captured by the first r singular values."""
     total = float((sigma**2).sum())
